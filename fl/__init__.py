@@ -1,0 +1,1 @@
+"""Federated learning: the Flower app, SSH orchestration of private VMs, the model registry."""

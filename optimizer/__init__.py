@@ -1,0 +1,1 @@
+"""Aggregator Deployment Optimizer: catalogue of clouds -> NSGA-II -> one (cloud, region, VM)."""
