@@ -1,1 +1,1 @@
-"""The aggregator VM in the chosen public cloud (one module per cloud), its firewall and bootstrap."""
+"""The aggregator VM in the chosen public cloud (a module per cloud), firewall and bootstrap."""
