@@ -21,7 +21,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -269,6 +269,9 @@ class ConfigView:
                 ) -> str:
         """Return a string, optionally one of ``choices`` (with a did-you-mean hint)."""
         value = self._get(name, default)
+        if value is None and default is None:
+            # Optional key left unset: callers that pass default=None get None back.
+            return cast(str, default)
         if not isinstance(value, str) or not value:
             raise self.error(name, f"must be a non-empty string, got {_describe(value)}")
         if choices is not None and value not in choices:
