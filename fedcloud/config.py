@@ -112,6 +112,18 @@ class RawConfig:
         return path if path.is_absolute() else ROOT / path
 
 
+def _deep_merge(defaults: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Overlay ``values`` on ``defaults``; mappings merge key by key, anything else replaces."""
+    out = dict(defaults)
+    for key, value in values.items():
+        base = out.get(key)
+        if isinstance(base, Mapping) and isinstance(value, Mapping):
+            out[key] = _deep_merge(base, value)
+        else:
+            out[key] = value
+    return out
+
+
 def from_mapping(
     stack: str,
     source: str,
@@ -120,6 +132,9 @@ def from_mapping(
     project_file: Path = PROJECT_FILE,
 ) -> RawConfig:
     """Build a :class:`RawConfig` from bare keys, checking them against the declarations.
+
+    Declared defaults that are mappings merge key by key with the stack's value, so a stack sets
+    only the sub-keys it changes.
 
     Args:
         stack: Stack name.
@@ -140,8 +155,7 @@ def from_mapping(
                 f"{source}: unknown key '{PROJECT}:{key}'.",
                 f"{hint} (declared keys are listed in Pulumi.yaml).",
             )
-    merged = project_defaults(project_file)
-    merged.update(values)
+    merged = _deep_merge(project_defaults(project_file), values)
     return RawConfig(stack=stack, source=source, values=merged, provider=dict(provider or {}))
 
 
