@@ -1,0 +1,191 @@
+"""``plan(request)``: filter the catalogue, search the front, pick one point per weight.
+
+Both methods share everything but the search: the same filtered space and precomputed
+objectives (:mod:`optimizer.space`), the same front definition and the same weighted pick
+(:mod:`optimizer.front`). ``exhaustive`` evaluates every option of the space (the ground truth);
+``nsga2`` evaluates what pymoo's NSGA-II visits (:mod:`optimizer.nsga2`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedcloud.errors import PlanError
+from optimizer.catalog import Catalog, load_catalog
+from optimizer.cost import egress_usd
+from optimizer.front import pareto_front, pick
+from optimizer.request import METHODS, PlanRequest
+from optimizer.result import Choice, Comparison, Objectives, PlanResult, Point, WeightedChoice
+from optimizer.space import SearchSpace, build_space, evaluate_placement
+
+
+@dataclass(frozen=True)
+class Search:
+    """The outcome of one method on one space: front indices and how many options it saw."""
+
+    front: np.ndarray
+    evaluated: int
+
+
+def search(space: SearchSpace, method: str, seed: int, pop_size: int, generations: int
+           ) -> Search:
+    """Return the feasible Pareto front of ``space`` found by ``method``."""
+    if method == "exhaustive":
+        return Search(pareto_front(space.objectives, np.flatnonzero(space.feasible)), len(space))
+    if method == "nsga2":
+        from optimizer import nsga2  # pymoo is imported only when NSGA-II runs
+
+        run = nsga2.run(space, seed=seed, pop_size=pop_size, generations=generations)
+        found = run.evaluated[space.feasible[run.evaluated]]
+        # An option with the same objectives as an earlier one in catalogue order is the same
+        # point; report the same representative the exhaustive method does.
+        return Search(pareto_front(space.objectives, space.canonical[found]), len(run.evaluated))
+    raise PlanError(f"unknown method '{method}'.", f"use one of: {', '.join(METHODS)}.")
+
+
+def _point(space: SearchSpace, i: int, per_usd: float, egress_usd: float) -> Point:
+    return Point(Choice.of(space.rows[i]), Objectives(
+        cost_usd=float(space.cost_usd[i]),
+        cost_local=float(space.cost_usd[i] * per_usd),
+        latency_ms=float(space.latency_ms[i]),
+        mean_latency_ms=float(space.mean_latency_ms[i]),
+        job_hours=float(space.job_hours[i]),
+        egress_usd=egress_usd,
+    ))
+
+
+def _infeasible(request: PlanRequest, space: SearchSpace) -> PlanError:
+    """Explain which limit binds and list the closest options."""
+    cur = request.currency
+    cost_local = space.cost_usd * cur.per_usd
+    c_min, l_min = float(cost_local.min()), float(space.latency_ms.min())
+    ratio = np.maximum(space.cost_usd / space.max_cost_usd, space.latency_ms / space.max_latency_ms)
+    closest: list[int] = []
+    for i in np.lexsort((np.arange(len(space)), ratio)):
+        if space.canonical[i] == i and len(closest) < 3:
+            closest.append(int(i))
+    names = "; ".join(f"{space.rows[i].cloud}:{space.rows[i].region}/"
+                      f"{space.rows[i].instance_type} ({cost_local[i]:,.0f} {cur.code}, "
+                      f"{space.latency_ms[i]:.0f} ms)" for i in closest)
+    limits = (f"maxCost {request.max_cost:,.0f} {cur.code}, maxLatencyMs "
+              f"{request.max_latency_ms:g}")
+    cost_binds, lat_binds = c_min > request.max_cost, l_min > request.max_latency_ms
+    if cost_binds and lat_binds:
+        what = (f"both limits bind: the cheapest option costs {c_min:,.0f} {cur.code} and the "
+                f"nearest region's largest RTT is {l_min:.0f} ms")
+        fix = (f"raise fedcloud:limits.maxCost to at least {c_min:,.0f} and "
+               f"fedcloud:limits.maxLatencyMs to at least {l_min:.0f}")
+    elif cost_binds:
+        what = f"the cost limit binds: the cheapest option costs {c_min:,.0f} {cur.code}"
+        fix = (f"raise fedcloud:limits.maxCost to at least {c_min:,.0f}, or lower the cost "
+               "model's rounds/setupHours")
+    elif lat_binds:
+        what = f"the latency limit binds: the nearest region's largest RTT is {l_min:.0f} ms"
+        fix = (f"raise fedcloud:limits.maxLatencyMs to at least {l_min:.0f}, or allow regions "
+               "nearer to the participants")
+    else:
+        j = closest[0]
+        what = ("the two limits bind together: every option within one limit breaks the other")
+        fix = (f"raise fedcloud:limits.maxCost to {cost_local[j]:,.0f} or "
+               f"fedcloud:limits.maxLatencyMs to {space.latency_ms[j]:.0f} (the closest "
+               "option needs both), or relax one limit further")
+    return PlanError(f"{request.source}: no option meets {limits}; {what}. Closest: {names}.",
+                     f"{fix}.")
+
+
+def plan(request: PlanRequest, method: str | None = None,
+         cat: Catalog | None = None) -> PlanResult:
+    """Choose the aggregator's cloud, region and VM size for ``request``.
+
+    Args:
+        request: The validated request.
+        method: ``nsga2`` or ``exhaustive``; default: the stack's ``optimizer.method``.
+        cat: The catalogue (default: the project's).
+
+    Returns:
+        The plan: ``choice`` is the pin if one is set, else the first weight's pick.
+
+    Raises:
+        PlanError: Nothing meets the filters or the limits (unless a pin is set), or an
+            unknown method.
+    """
+    method = method or request.method
+    if method not in METHODS:
+        raise PlanError(f"unknown method '{method}'.", f"use one of: {', '.join(METHODS)}.")
+    cat = cat or load_catalog()
+    start = time.perf_counter()
+    pinned = request.pin is not None
+    cur = request.currency
+    space: SearchSpace | None
+    try:
+        space = build_space(request, cat)
+    except PlanError:
+        if not pinned:
+            raise
+        space = None  # a pin outside the filters still deploys; nothing to compare with
+
+    front_idx = np.zeros(0, dtype=np.int64)
+    evaluated = 0
+    if space is not None:
+        found = search(space, method, request.seed, request.pop_size, request.generations)
+        front_idx, evaluated = found.front, found.evaluated
+        if front_idx.size == 0 and not pinned:
+            raise _infeasible(request, space)
+
+    def egress_of(cloud: str) -> float:
+        return float(egress_usd(cloud, len(request.participants), request.cost_model))
+
+    front: tuple[Point, ...] = ()
+    if space is not None:
+        front = tuple(_point(space, int(i), cur.per_usd, egress_of(space.rows[int(i)].cloud))
+                      for i in front_idx)
+
+    baseline: Point | None = None
+    base_ok: bool | None = None
+    if request.baseline is not None:
+        ev = evaluate_placement(request, request.baseline, cat)
+        baseline = Point(Choice.of(ev.row), Objectives(
+            ev.cost_usd, ev.cost_usd * cur.per_usd, ev.latency_ms, ev.mean_latency_ms,
+            ev.job_hours, ev.egress_usd))
+        base_ok = baseline.objectives.meets(request.max_cost_usd, request.max_latency_ms)
+
+    choices: list[WeightedChoice] = []
+    if front:
+        f = np.array([[p.objectives.cost_usd, p.objectives.latency_ms] for p in front])
+        for w in request.weights:
+            p = front[pick(f, w)]
+            cmp = Comparison.of(p.objectives, baseline.objectives) if baseline else None
+            choices.append(WeightedChoice(weights=w, point=p, vs_baseline=cmp))
+
+    if request.pin is not None:
+        ev = evaluate_placement(request, request.pin, cat)
+        deployed = Point(Choice.of(ev.row), Objectives(
+            ev.cost_usd, ev.cost_usd * cur.per_usd, ev.latency_ms, ev.mean_latency_ms,
+            ev.job_hours, ev.egress_usd))
+    else:
+        deployed = choices[0].point
+    elapsed = time.perf_counter() - start
+    return PlanResult(
+        choice=deployed.choice,
+        objectives=deployed.objectives,
+        choices=tuple(choices),
+        front=front,
+        baseline=baseline,
+        baseline_meets_limits=base_ok,
+        method=method,
+        seed=request.seed,
+        elapsed_s=elapsed,
+        pinned=pinned,
+        target=request.target,
+        currency=cur.code,
+        per_usd=cur.per_usd,
+        currency_as_of=cur.as_of,
+        max_cost=request.max_cost,
+        max_latency_ms=request.max_latency_ms,
+        candidates=len(space) if space is not None else 0,
+        feasible=int(space.feasible.sum()) if space is not None else 0,
+        evaluated=evaluated,
+    )

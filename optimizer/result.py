@@ -1,0 +1,231 @@
+"""The optimizer's answer: the deployed choice, one choice per weight, the front, the baseline.
+
+Plain frozen dataclasses holding Python floats (never numpy scalars); :meth:`PlanResult.to_dict`
+gives the JSON shape of ``fedcloud plan --json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from optimizer.catalog import VmRow
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A (cloud, region, VM size) with its shape and price."""
+
+    cloud: str
+    region: str
+    instance_type: str
+    vcpus: int
+    memory_gib: float
+    price_usd_per_hour: float
+
+    @classmethod
+    def of(cls, row: VmRow) -> Choice:
+        """Build from a catalogue row."""
+        return cls(row.cloud, row.region, row.instance_type, int(row.vcpus),
+                   float(row.memory_gib), float(row.price_usd_per_hour))
+
+    @property
+    def label(self) -> str:
+        """``cloud:region/instance_type``."""
+        return f"{self.cloud}:{self.region}/{self.instance_type}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON form."""
+        return {
+            "cloud": self.cloud, "region": self.region, "instance_type": self.instance_type,
+            "vcpus": self.vcpus, "memory_gib": self.memory_gib,
+            "price_usd_per_hour": self.price_usd_per_hour,
+        }
+
+
+@dataclass(frozen=True)
+class Objectives:
+    """A placement's objectives and the estimates behind them.
+
+    Attributes:
+        cost_usd: Job cost in USD (VM hours + egress).
+        cost_local: The same in the stack's currency.
+        latency_ms: Largest RTT to any participant (the latency objective).
+        mean_latency_ms: Mean RTT to the participants (reported, not optimised).
+        job_hours: Estimated billed hours (the training time estimate plus set-up).
+        egress_usd: The egress part of ``cost_usd``.
+    """
+
+    cost_usd: float
+    cost_local: float
+    latency_ms: float
+    mean_latency_ms: float
+    job_hours: float
+    egress_usd: float
+
+    def meets(self, max_cost_usd: float, max_latency_ms: float) -> bool:
+        """Whether both limits hold."""
+        return self.cost_usd <= max_cost_usd and self.latency_ms <= max_latency_ms
+
+    def to_dict(self) -> dict[str, float]:
+        """Return the JSON form (rounded for reading; costs to 6 significant places)."""
+        return {
+            "cost_usd": round(self.cost_usd, 6),
+            "cost_local": round(self.cost_local, 4),
+            "latency_ms": round(self.latency_ms, 3),
+            "mean_latency_ms": round(self.mean_latency_ms, 3),
+            "job_hours": round(self.job_hours, 4),
+            "egress_usd": round(self.egress_usd, 6),
+        }
+
+
+@dataclass(frozen=True)
+class Point:
+    """A choice with its objectives (a point of the front, the baseline, a pin)."""
+
+    choice: Choice
+    objectives: Objectives
+
+    def flat(self) -> dict[str, Any]:
+        """Return choice and objective fields in one mapping (the ``front`` entries)."""
+        return {**self.choice.to_dict(), **self.objectives.to_dict()}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A choice against the baseline (negative changes are reductions).
+
+    Attributes:
+        cost_cut_pct: ``(baseline - choice) / baseline`` cost, percent (positive = cheaper).
+        latency_change_ms: Change of the largest RTT, ms.
+        latency_change_pct: The same in percent of the baseline's.
+        job_hours_change_pct: Change of the estimated job time, percent.
+    """
+
+    cost_cut_pct: float
+    latency_change_ms: float
+    latency_change_pct: float
+    job_hours_change_pct: float
+
+    @classmethod
+    def of(cls, choice: Objectives, baseline: Objectives) -> Comparison:
+        """Compare ``choice`` with ``baseline``."""
+        def pct(new: float, old: float) -> float:
+            return 100.0 * (new - old) / old if old else 0.0
+
+        return cls(
+            cost_cut_pct=-pct(choice.cost_usd, baseline.cost_usd),
+            latency_change_ms=choice.latency_ms - baseline.latency_ms,
+            latency_change_pct=pct(choice.latency_ms, baseline.latency_ms),
+            job_hours_change_pct=pct(choice.job_hours, baseline.job_hours),
+        )
+
+    def to_dict(self) -> dict[str, float]:
+        """Return the JSON form."""
+        return {k: round(v, 2) for k, v in vars(self).items()}
+
+
+@dataclass(frozen=True)
+class WeightedChoice:
+    """The pick of one cost:latency weight."""
+
+    weights: tuple[float, float]
+    point: Point
+    vs_baseline: Comparison | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON form."""
+        return {
+            "weights": [_num(w) for w in self.weights],
+            "choice": self.point.choice.to_dict(),
+            "objectives": self.point.objectives.to_dict(),
+            "vs_baseline": self.vs_baseline.to_dict() if self.vs_baseline else None,
+        }
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """The optimizer's answer for one request.
+
+    Attributes:
+        choice: The deployed option: the pin if ``aggregator.pin`` is set, else the first
+            weight's pick.
+        objectives: The deployed option's objectives.
+        choices: One pick per weight, in the stack's order.
+        front: The feasible Pareto front, cheapest first.
+        baseline: The stack's "before optimization" placement, if set.
+        baseline_meets_limits: Whether the baseline meets the limits (``None`` without one).
+        method: ``nsga2`` or ``exhaustive``.
+        seed: The seed (NSGA-II; recorded for both).
+        elapsed_s: Wall time of the search (filtering, models and search), seconds.
+        pinned: Whether ``choice`` is a pin rather than a pick.
+        target: ``aggregator.target``.
+        currency: Currency code of ``cost_local``.
+        per_usd: Units of that currency per USD.
+        currency_as_of: Date of the rate, if the stack gives one.
+        max_cost: The cost limit, stack currency.
+        max_latency_ms: The latency limit.
+        candidates: Options after filtering (the search space's size).
+        feasible: Options meeting both limits.
+        evaluated: Distinct options the method evaluated.
+    """
+
+    choice: Choice
+    objectives: Objectives
+    choices: tuple[WeightedChoice, ...]
+    front: tuple[Point, ...]
+    baseline: Point | None
+    baseline_meets_limits: bool | None
+    method: str
+    seed: int
+    elapsed_s: float
+    pinned: bool
+    target: str
+    currency: str
+    per_usd: float
+    currency_as_of: str | None
+    max_cost: float
+    max_latency_ms: float
+    candidates: int
+    feasible: int
+    evaluated: int
+
+    @property
+    def cost_cut_pct(self) -> list[float | None]:
+        """Per weight, the cost cut against the baseline in percent (``None`` without one)."""
+        return [c.vs_baseline.cost_cut_pct if c.vs_baseline else None for c in self.choices]
+
+    @property
+    def latency_change_pct(self) -> list[float | None]:
+        """Per weight, the latency change against the baseline in percent."""
+        return [c.vs_baseline.latency_change_pct if c.vs_baseline else None
+                for c in self.choices]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON shape of ``fedcloud plan --json``."""
+        baseline = None
+        if self.baseline is not None:
+            baseline = {**self.baseline.choice.to_dict(),
+                        "objectives": self.baseline.objectives.to_dict(),
+                        "meets_limits": self.baseline_meets_limits}
+        return {
+            "choice": self.choice.to_dict(),
+            "objectives": self.objectives.to_dict(),
+            "front": [p.flat() for p in self.front],
+            "baseline": baseline,
+            "method": self.method,
+            "seed": self.seed,
+            "elapsed_s": round(self.elapsed_s, 4),
+            "choices": [c.to_dict() for c in self.choices],
+            "pinned": self.pinned,
+            "target": self.target,
+            "currency": {"code": self.currency, "per_usd": self.per_usd,
+                         "as_of": self.currency_as_of},
+            "limits": {"max_cost": self.max_cost, "max_latency_ms": self.max_latency_ms},
+            "search": {"candidates": self.candidates, "feasible": self.feasible,
+                       "evaluated": self.evaluated},
+        }
+
+
+def _num(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else float(x)
