@@ -226,47 +226,13 @@ class SuperLinkHealthProvider(ResourceProvider):
 DISPATCH_INPUTS = ("stack", "config", "superlink_address", "ca_cert")
 
 
-def _participants_output(result: Any) -> dict[str, Any]:
-    """``DispatchResult`` -> ``{name: {vm, attempts, status, error, tried}}`` (JSON-able)."""
-    return {
-        name: {
-            "vm": r.vm_id,
-            "attempts": len(r.attempts),
-            "status": "running" if r.ok else "failed",
-            "error": r.error,
-            "tried": [{"vm": a.vm_id, "ok": a.ok, "stage": a.stage, "reason": a.reason}
-                      for a in r.attempts],
-        }
-        for name, r in sorted(result.items())
-    }
-
-
-def _training_output(tr: Any) -> dict[str, Any]:
-    """``TrainingResult`` -> ``{runId, status, detail, rounds, bestModel, ...}`` (JSON-able).
-
-    ``bestModel`` is the completed round with the highest F1 (``fedcloud models best`` chooses
-    with other criteria from the registry).
-    """
-    best = None
-    scored = [r for r in tr.rounds if isinstance((r.get("metrics") or {}).get("f1"), int | float)]
-    if scored:
-        top = max(scored, key=lambda r: r["metrics"]["f1"])
-        best = {"round": top.get("round"), "metrics": top.get("metrics"),
-                "storeRunId": tr.store_run_id}
-    return {"runId": str(tr.run_id), "status": tr.status, "detail": tr.detail,
-            "flowerStatus": tr.flower_status, "rounds": len(tr.rounds), "bestModel": best,
-            "elapsedS": tr.elapsed_s, "networkBytes": tr.network_bytes,
-            "storeRunId": tr.store_run_id}
-
-
 def run_dispatch(props: Mapping[str, Any]) -> dict[str, Any]:
     """Dispatch the participants' SuperNodes, then run and follow the training to its end.
 
-    The same ``fl`` functions as the local stack, in the orchestrator's documented wiring:
-    register the node keys (``fl.initializer.register_nodes``), dispatch a SuperNode per
-    participant round-robin with retries (``fl.orchestrator.Orchestrator``), run the training
-    (``fl.initializer.start_training``) while the orchestrator's watcher re-dispatches nodes that
-    die, then stop the SuperNodes. The ServerApp on the VM records rounds into the VM's own store
+    The same function as the local stack, :func:`fl.pipeline.run_federation`: register the node
+    keys, dispatch a SuperNode per participant round-robin with retries, run the training while
+    the orchestrator's watcher re-dispatches nodes that die, then stop the SuperNodes. The
+    ServerApp on the VM records rounds into the VM's own store
     (``infra.cloudinit.AGGREGATOR_REGISTRY_DIR``); ``delete`` pulls it home.
 
     Args:
@@ -284,9 +250,8 @@ def run_dispatch(props: Mapping[str, Any]) -> dict[str, Any]:
     """
     from fedcloud.config import from_mapping
     from fedcloud.participants import parse_participants
-    from fl import orchestrator as orch
-    from fl.flwr_cli import FlwrCli
-    from fl.initializer import CONNECTION, register_nodes, start_training
+    from fl.orchestrator import load_settings
+    from fl.pipeline import participants_output, run_federation, training_output
     from fl.registry import stack_store
     from fl.settings import load_training
     from fl.ssh import ParamikoTransport
@@ -295,42 +260,28 @@ def run_dispatch(props: Mapping[str, Any]) -> dict[str, Any]:
     raw = from_mapping(str(props["stack"]), "pulumi config", json.loads(props["config"]))
     cert_dir = raw.state_dir / "certs"
     materialize_certs(cert_dir, props)
-    address = str(props["superlink_address"])
-    ca = cert_dir / "ca.pem"
     participants = parse_participants(raw)
-    public = {p.name: cert_dir / "nodes" / f"{p.name}.pub" for p in participants}
-    cli = FlwrCli(raw.state_dir / "flwr-home")
-    cli.write_connection(CONNECTION, address, ca)
-    node_ids = register_nodes(cli, CONNECTION, address, public)
-    settings = orch.load_settings(raw)
-    launches = {p.name: orch.NodeLaunch(superlink=address, ca_cert=ca,
-                                        node_key=cert_dir / "nodes" / f"{p.name}.key",
-                                        data_dir=p.data_dir or "data")
-                for p in participants}
-    orchestrator = orch.Orchestrator(
-        participants, launches, transport=ParamikoTransport(settings.host_key_policy),
-        nodes=orch.SuperLinkNodes(cli, CONNECTION,
-                                  {k: v for k, v in node_ids.items() if v is not None}),
-        settings=settings, state_dir=raw.state_dir)
-    dispatched = orchestrator.dispatch()
-    if not dispatched.succeeded:
-        dispatched.raise_on_failure()
     _, experiment = stack_store(raw)
-    run_config = load_training(raw).run_config(tracking_uri=AGGREGATOR_REGISTRY_DIR,
-                                               experiment=experiment, stack=raw.stack)
-    try:
-        with orchestrator.watcher(dispatched.placements()):
-            trained = start_training(superlink=address, ca_cert=ca, node_keys=public,
-                                     run_config=run_config, state_dir=raw.state_dir, cli=cli)
-    finally:
-        orchestrator.stop(dispatched.placements())
+    fed = run_federation(
+        raw, participants, superlink=str(props["superlink_address"]),
+        ca_cert=cert_dir / "ca.pem",
+        node_keys={p.name: (cert_dir / "nodes" / f"{p.name}.key",
+                            cert_dir / "nodes" / f"{p.name}.pub") for p in participants},
+        run_config=load_training(raw).run_config(tracking_uri=AGGREGATOR_REGISTRY_DIR,
+                                                 experiment=experiment, stack=raw.stack),
+        transport=ParamikoTransport(load_settings(raw).host_key_policy))
+    trained = fed.training
+    if trained is None:
+        fed.dispatch.raise_on_failure()
+        raise TrainingError("no participant could be dispatched.",
+                            "see the participants' dispatch results; 'pulumi up' runs it again.")
     if trained.status != "COMPLETED":
         raise TrainingError(
             f"training run {trained.run_id} ended {trained.status}: {trained.detail}.",
             "see the participants' dispatch results above and the SuperLink's journal "
             "(journalctl -u fedcloud-superlink on the VM); 'pulumi up' runs it again.")
-    return {"participants": _participants_output(dispatched),
-            "training": _training_output(trained)}
+    return {"participants": participants_output(fed.dispatch),
+            "training": training_output(trained)}
 
 
 def pull_registry(props: Mapping[str, Any]) -> None:

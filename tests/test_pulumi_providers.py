@@ -191,8 +191,7 @@ class FakeOrchestrator:
 def wired(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
           certs: dict[str, Any]) -> dict[str, Any]:
     """Dispatch props for a two-participant stack, with the fl functions recorded."""
-    import fl.initializer
-    import fl.orchestrator
+    import fl.pipeline
     from fl.initializer import TrainingResult
 
     seen: dict[str, Any] = {"status": "COMPLETED"}
@@ -210,9 +209,10 @@ def wired(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                               store_run_id="abc", node_ids={}, elapsed_s=12.0,
                               network_bytes=100)
 
-    monkeypatch.setattr(fl.initializer, "register_nodes", register_nodes)
-    monkeypatch.setattr(fl.initializer, "start_training", start_training)
-    monkeypatch.setattr(fl.orchestrator, "Orchestrator", FakeOrchestrator)
+    # fl.pipeline is the composition the provider calls (the local stack calls it too)
+    monkeypatch.setattr(fl.pipeline, "register_nodes", register_nodes)
+    monkeypatch.setattr(fl.pipeline, "start_training", start_training)
+    monkeypatch.setattr(fl.pipeline, "Orchestrator", FakeOrchestrator)
     vm = {"id": "vm-001", "host": "vm-001.example", "state": "Active", "vcpus": 4,
           "memoryGb": 8, "diskGb": 40}
     config = {"stateDir": str(tmp_path / "state"), "training": {"rounds": 3},
