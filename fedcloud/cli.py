@@ -16,6 +16,11 @@ from fedcloud.errors import FedcloudError
 
 # One entry per subcommand module; each registers its own parser(s).
 COMMANDS: list[str] = [
+    "fedcloud.commands.auth",
+    "fedcloud.commands.models",
+    "fedcloud.commands.plan",
+    "fedcloud.commands.up",
+    "fedcloud.commands.preview",
 ]
 
 

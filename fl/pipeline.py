@@ -116,15 +116,16 @@ def run_federation(
 
 
 def participants_output(result: DispatchResult) -> dict[str, Any]:
-    """``DispatchResult`` -> ``{name: {vm, attempts, status, error, tried}}`` (JSON-able)."""
+    """``DispatchResult`` -> ``{name: {vm, attempts, status, error, tried, ineligible}}``."""
     return {
         name: {
             "vm": r.vm_id,
             "attempts": len(r.attempts),
-            "status": "running" if r.ok else "failed",
+            "status": "dispatched" if r.ok else "failed",
             "error": r.error,
             "tried": [{"vm": a.vm_id, "ok": a.ok, "stage": a.stage, "reason": a.reason}
                       for a in r.attempts],
+            "ineligible": dict(sorted(r.ineligible.items())),
         }
         for name, r in sorted(result.items())
     }
