@@ -124,7 +124,9 @@ def register_nodes(cli: FlwrCli, connection: str, address: str,
         if not key_path.exists():
             raise TrainingError(f"node public key {key_path} of participant '{participant}' "
                                 "does not exist.", "generate it with fl.certs.make_node_key.")
-        key_id = f"{address}|{key_path.read_text(encoding='ascii').split()[1]}"
+        # Keyed by the key alone: what knows a key is the SuperLink's database, which outlives
+        # its address (the local stack's SuperLink restarts on a new port with the same file).
+        key_id = key_path.read_text(encoding="ascii").split()[1]
         try:
             out[participant] = cli.register_node(key_path, connection)
         except TrainingError as exc:

@@ -9,19 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from optimizer.catalog import VmRow
+from optimizer.catalog import PricedVm, VmRow
 
 
 @dataclass(frozen=True)
-class Choice:
+class Choice(PricedVm):
     """A (cloud, region, VM size) with its shape and price."""
-
-    cloud: str
-    region: str
-    instance_type: str
-    vcpus: int
-    memory_gib: float
-    price_usd_per_hour: float
 
     @classmethod
     def of(cls, row: VmRow) -> Choice:

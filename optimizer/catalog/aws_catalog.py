@@ -13,43 +13,14 @@ CLOUD = "aws"
 PRICE_FILE = common.vm_file(CLOUD)
 REGION_PATTERN = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]")
 INSTANCE_TYPE_PATTERN = re.compile(r"[a-z][a-z0-9-]*\.[0-9]*[a-z]+")
-# The operator's "default general-purpose size" family, cheapest first among those meeting a
-# minimum (SkyPilot's defaults for this cloud).
+# SkyPilot's default general-purpose families for AWS.
 DEFAULT_FAMILIES: tuple[str, ...] = ("m6i.", "m5.")
 
-
-def regions() -> list[str]:
-    """Return the priced regions, sorted."""
-    return common.load_catalog().priced_regions(CLOUD)
-
-
-def instance_types(region: str | None = None) -> list[str]:
-    """Return the priced instance types (in ``region`` when given), sorted."""
-    rows = common.load_catalog().vms_of(CLOUD)
-    return sorted({v.instance_type for v in rows if region is None or v.region == region})
-
-
-def validate_region(region: str) -> str:
-    """Return ``region`` if known, else raise :class:`CatalogError` with a did-you-mean."""
-    return common.validate_region_impl(common.load_catalog(), CLOUD, region)
-
-
-def validate_instance_type(instance_type: str, region: str | None = None) -> str:
-    """Return ``instance_type`` if priced (in ``region`` when given), else raise."""
-    return common.validate_instance_type_impl(common.load_catalog(), CLOUD, instance_type, region)
-
-
-def get_hourly_cost(instance_type: str, region: str) -> float:
-    """Return the on-demand Linux price in USD per hour."""
-    return common.get_hourly_cost_impl(common.load_catalog(), CLOUD, instance_type, region)
-
-
-def get_vcpus_mem_from_instance_type(instance_type: str) -> tuple[int, float]:
-    """Return (vCPUs, memory in GiB)."""
-    return common.get_vcpus_mem_impl(common.load_catalog(), CLOUD, instance_type)
-
-
-def get_default_instance_type(region: str, min_vcpus: float, min_memory_gib: float) -> str | None:
-    """Return the cheapest default-family type in ``region`` meeting the minimum, if any."""
-    return common.get_default_instance_type_impl(common.load_catalog(), CLOUD, region, min_vcpus,
-                                                  min_memory_gib, DEFAULT_FAMILIES)
+_LOOKUPS = common.CloudLookups(CLOUD, DEFAULT_FAMILIES)
+regions = _LOOKUPS.regions
+instance_types = _LOOKUPS.instance_types
+validate_region = _LOOKUPS.validate_region
+validate_instance_type = _LOOKUPS.validate_instance_type
+get_hourly_cost = _LOOKUPS.get_hourly_cost
+get_vcpus_mem_from_instance_type = _LOOKUPS.get_vcpus_mem_from_instance_type
+get_default_instance_type = _LOOKUPS.get_default_instance_type

@@ -5,8 +5,9 @@ names. :func:`load_catalog` checks types, units, ranges, duplicates and cross-fi
 (every priced region has coordinates) and fails with a :class:`CatalogError` that names the file,
 the row (1-based line number, the header being line 1) and the problem.
 
-Per-cloud modules (``aws_catalog.py`` ...) call the ``*_impl`` functions here with their cloud
-name, SkyPilot-style; the package ``__init__`` dispatches on the cloud name.
+Per-cloud modules (``aws_catalog.py`` ...) state only their constants and export the methods of
+a :class:`CloudLookups` bound to them (over the ``*_impl`` functions here, SkyPilot-style); the
+package ``__init__`` dispatches on the cloud name.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def vm_file(cloud: str) -> str:
 
 
 @dataclass(frozen=True)
-class VmRow:
-    """One priced VM size in one region (on-demand, Linux)."""
+class PricedVm:
+    """A VM size in one region of one cloud, with its shape and on-demand Linux price."""
 
     cloud: str
     region: str
@@ -61,6 +62,12 @@ class VmRow:
     vcpus: int
     memory_gib: float
     price_usd_per_hour: float
+
+
+@dataclass(frozen=True)
+class VmRow(PricedVm):
+    """One priced VM size in one region (on-demand, Linux): a price file's row and its cloud."""
+
     spot_price_usd_per_hour: float | None
     source: str
     source_date: str
@@ -406,6 +413,52 @@ def get_default_instance_type_impl(cat: Catalog, cloud: str, region: str, min_vc
     if not rows:
         return None
     return min(rows, key=lambda v: (v.price_usd_per_hour, v.instance_type)).instance_type
+
+
+@dataclass(frozen=True)
+class CloudLookups:
+    """The look-ups of one cloud, bound to its constants (each ``<cloud>_catalog`` exports them).
+
+    Attributes:
+        cloud: The cloud's name (one of :data:`CLOUDS`).
+        default_families: Instance-type prefixes of the operator's "default general-purpose
+            size" families; :meth:`get_default_instance_type` picks the cheapest of them meeting
+            a minimum (SkyPilot's defaults per cloud).
+    """
+
+    cloud: str
+    default_families: tuple[str, ...]
+
+    def regions(self) -> list[str]:
+        """Return the priced regions, sorted."""
+        return load_catalog().priced_regions(self.cloud)
+
+    def instance_types(self, region: str | None = None) -> list[str]:
+        """Return the priced instance types (in ``region`` when given), sorted."""
+        rows = load_catalog().vms_of(self.cloud)
+        return sorted({v.instance_type for v in rows if region is None or v.region == region})
+
+    def validate_region(self, region: str) -> str:
+        """Return ``region`` if known, else raise :class:`CatalogError` with a did-you-mean."""
+        return validate_region_impl(load_catalog(), self.cloud, region)
+
+    def validate_instance_type(self, instance_type: str, region: str | None = None) -> str:
+        """Return ``instance_type`` if priced (in ``region`` when given), else raise."""
+        return validate_instance_type_impl(load_catalog(), self.cloud, instance_type, region)
+
+    def get_hourly_cost(self, instance_type: str, region: str) -> float:
+        """Return the on-demand Linux price in USD per hour."""
+        return get_hourly_cost_impl(load_catalog(), self.cloud, instance_type, region)
+
+    def get_vcpus_mem_from_instance_type(self, instance_type: str) -> tuple[int, float]:
+        """Return (vCPUs, memory in GiB)."""
+        return get_vcpus_mem_impl(load_catalog(), self.cloud, instance_type)
+
+    def get_default_instance_type(self, region: str, min_vcpus: float,
+                                  min_memory_gib: float) -> str | None:
+        """Return the cheapest default-family type in ``region`` meeting the minimum, if any."""
+        return get_default_instance_type_impl(load_catalog(), self.cloud, region, min_vcpus,
+                                              min_memory_gib, self.default_families)
 
 
 # --- writing (derivation and refresh scripts) ---------------------------------------------------

@@ -20,17 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fedcloud.errors import FedcloudError
-from optimizer.refresh.common import (
-    HTTP_TIMEOUT_S,
-    PriceRow,
-    RefreshError,
-    base_parser,
-    check_complete,
-    merge_and_write,
-    read_current,
-    selection,
-)
+from optimizer.refresh.common import PriceRow, RefreshError, Shape, base_parser, get_json, run
 
 CLOUD = "aws"
 OFFER_URL = ("https://pricing.us-east-1.amazonaws.com/offers/v1.0/aws/AmazonEC2/current/"
@@ -83,7 +73,8 @@ def parse_offer(doc: Mapping[str, Any], region: str, types: set[str]) -> list[Pr
         except (KeyError, ValueError):
             raise RefreshError(f"aws {region}: {itype} has no USD price; not written.",
                                "inspect the offer file.") from None
-        rows.append(PriceRow(region=region, instance_type=itype, vcpus=int(attrs["vcpu"]),
+        rows.append(PriceRow(cloud=CLOUD, region=region, instance_type=itype,
+                             vcpus=int(attrs["vcpu"]),
                              memory_gib=float(mem.group(1).replace(",", "")),
                              price_usd_per_hour=price, spot_price_usd_per_hour=None,
                              source=source, source_date=date))
@@ -92,15 +83,9 @@ def parse_offer(doc: Mapping[str, Any], region: str, types: set[str]) -> list[Pr
 
 def fetch_offer(region: str) -> dict[str, Any]:
     """Download one region's offer file (tens of MB)."""
-    import requests
-
-    try:
-        resp = requests.get(OFFER_URL.format(region=region), timeout=HTTP_TIMEOUT_S)
-        resp.raise_for_status()
-        return dict(resp.json())
-    except (requests.RequestException, ValueError) as exc:
-        raise RefreshError(f"aws {region}: download failed ({exc}); not written.",
-                           "retry later, or use --offers-dir with saved files.") from None
+    return get_json(OFFER_URL.format(region=region), lambda exc: RefreshError(
+        f"aws {region}: download failed ({exc}); not written.",
+        "retry later, or use --offers-dir with saved files."))
 
 
 def main(argv: list[str] | None = None,
@@ -110,28 +95,22 @@ def main(argv: list[str] | None = None,
     parser.add_argument("--offers-dir", type=Path,
                         help="read <region>.json offer files from this folder")
     args = parser.parse_args(argv)
-    try:
-        current = read_current(CLOUD, args.catalog_dir)
-        regions, types, expected = selection(args, current)
 
-        def load(region: str) -> dict[str, Any]:
-            if args.offers_dir is not None:
-                path = args.offers_dir / f"{region}.json"
-                try:
-                    return dict(json.loads(path.read_text(encoding="utf-8")))
-                except (OSError, ValueError) as exc:
-                    raise RefreshError(f"aws {region}: cannot read {path} ({exc}); not "
-                                       "written.", "save the offer file there first.") from None
-            return (fetch or fetch_offer)(region)
+    def load(region: str) -> dict[str, Any]:
+        if args.offers_dir is not None:
+            path = args.offers_dir / f"{region}.json"
+            try:
+                return dict(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError) as exc:
+                raise RefreshError(f"aws {region}: cannot read {path} ({exc}); not "
+                                   "written.", "save the offer file there first.") from None
+        return (fetch or fetch_offer)(region)
 
-        rows = [r for region in sorted(regions) for r in parse_offer(load(region), region, types)]
-        check_complete(CLOUD, rows, expected, args.allow_missing)
-        path = merge_and_write(CLOUD, rows, regions, types, current, args.catalog_dir)
-    except FedcloudError as exc:  # RefreshError, or a CatalogError in the current file
-        print(f"refresh: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(f"{path}: {len(rows)} rows refreshed in {len(regions)} region(s)")
-    return 0
+    def rows(regions: set[str], types: set[str], shapes: Mapping[str, Shape]) -> list[PriceRow]:
+        # The offer files state each type's shape: the current file's shapes are not needed.
+        return [r for region in sorted(regions) for r in parse_offer(load(region), region, types)]
+
+    return run(CLOUD, args, rows)
 
 
 if __name__ == "__main__":

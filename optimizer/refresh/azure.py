@@ -22,19 +22,14 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fedcloud.errors import FedcloudError
 from optimizer.refresh.common import (
-    HTTP_TIMEOUT_S,
     MAX_PAGES,
     PriceRow,
     RefreshError,
     Shape,
     base_parser,
-    check_complete,
-    merge_and_write,
-    read_current,
-    selection,
-    shapes_of,
+    get_json,
+    run,
 )
 
 CLOUD = "azure"
@@ -100,7 +95,8 @@ def parse_items(items: Iterable[Mapping[str, Any]], region: str, types: set[str]
         if sku not in shapes:
             raise RefreshError(f"azure {region}: no shape known for {sku}; not written.",
                                f"add a row for {sku} with its vCPUs and memory first.")
-        rows.append(PriceRow(region=region, instance_type=sku, vcpus=shapes[sku].vcpus,
+        rows.append(PriceRow(cloud=CLOUD, region=region, instance_type=sku,
+                             vcpus=shapes[sku].vcpus,
                              memory_gib=shapes[sku].memory_gib, price_usd_per_hour=price,
                              spot_price_usd_per_hour=spot[sku][1] if sku in spot else None,
                              source=f"{SOURCE} (effectiveStartDate {when[:10]})",
@@ -110,14 +106,8 @@ def parse_items(items: Iterable[Mapping[str, Any]], region: str, types: set[str]
 
 def http_get(url: str) -> dict[str, Any]:
     """GET one page as JSON."""
-    import requests
-
-    try:
-        resp = requests.get(url, timeout=HTTP_TIMEOUT_S)
-        resp.raise_for_status()
-        return dict(resp.json())
-    except (requests.RequestException, ValueError) as exc:
-        raise RefreshError(f"azure: {url} failed ({exc}); not written.", "retry later.") from None
+    return get_json(url, lambda exc: RefreshError(f"azure: {url} failed ({exc}); not written.",
+                                                  "retry later."))
 
 
 def main(argv: list[str] | None = None,
@@ -127,24 +117,18 @@ def main(argv: list[str] | None = None,
     parser.add_argument("--pages-dir", type=Path,
                         help="read <region>-1.json, <region>-2.json ... instead of the API")
     args = parser.parse_args(argv)
-    try:
-        current = read_current(CLOUD, args.catalog_dir)
-        regions, types, expected = selection(args, current)
-        shapes = shapes_of(current)
-        rows: list[PriceRow] = []
+
+    def rows(regions: set[str], types: set[str], shapes: Mapping[str, Shape]) -> list[PriceRow]:
+        out: list[PriceRow] = []
         for region in sorted(regions):
             if args.pages_dir is not None:
                 items = _saved_pages(args.pages_dir, region)
             else:
                 items = fetch_pages(region_url(region), get or http_get)
-            rows.extend(parse_items(items, region, types, shapes))
-        check_complete(CLOUD, rows, expected, args.allow_missing)
-        path = merge_and_write(CLOUD, rows, regions, types, current, args.catalog_dir)
-    except FedcloudError as exc:  # RefreshError, or a CatalogError in the current file
-        print(f"refresh: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(f"{path}: {len(rows)} rows refreshed in {len(regions)} region(s)")
-    return 0
+            out.extend(parse_items(items, region, types, shapes))
+        return out
+
+    return run(CLOUD, args, rows)
 
 
 def _saved_pages(folder: Path, region: str) -> list[dict[str, Any]]:

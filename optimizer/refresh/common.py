@@ -1,4 +1,6 @@
-"""What every refresh script shares: the row type, completeness checks and the atomic write.
+"""What every refresh script shares: the row type, the run, completeness checks and the write.
+
+Each script states only how its provider is fetched and parsed; :func:`run` does the rest.
 
 A refresh never writes a partial file. It refreshes the requested regions and instance types
 (default: those already in the file), keeps every other row of the file as it is, and refuses
@@ -16,13 +18,22 @@ from __future__ import annotations
 
 import argparse
 import csv
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from fedcloud.errors import FedcloudError
 from optimizer.catalog import cloud_module
-from optimizer.catalog.common import CATALOG_DIR, VM_COLUMNS, parse_vm_rows, vm_file, write_csv
+from optimizer.catalog.common import (
+    CATALOG_DIR,
+    VM_COLUMNS,
+    VmRow,
+    parse_vm_rows,
+    vm_file,
+    write_csv,
+)
 
 HTTP_TIMEOUT_S = 60
 MAX_PAGES = 10_000  # a paging loop that does not end is an API fault, not a large catalogue
@@ -35,26 +46,17 @@ class RefreshError(FedcloudError):
 
 
 @dataclass(frozen=True)
-class PriceRow:
-    """One row of a ``vms_<cloud>.csv`` file (the columns of ``VM_COLUMNS``)."""
-
-    region: str
-    instance_type: str
-    vcpus: int
-    memory_gib: float
-    price_usd_per_hour: float
-    spot_price_usd_per_hour: float | None
-    source: str
-    source_date: str
+class PriceRow(VmRow):
+    """One refreshed row of ``cloud``'s ``vms_<cloud>.csv`` file (the catalogue's row type)."""
 
     def csv_dict(self) -> dict[str, str]:
-        """Return the CSV form (numbers without float noise; blank spot when unknown)."""
+        """Return the CSV form, ``VM_COLUMNS`` (no float noise; blank spot when unknown)."""
         d = asdict(self)
         d["memory_gib"] = f"{self.memory_gib:g}"
         d["price_usd_per_hour"] = _num(self.price_usd_per_hour)
         d["spot_price_usd_per_hour"] = ("" if self.spot_price_usd_per_hour is None
                                         else _num(self.spot_price_usd_per_hour))
-        return {k: str(v) for k, v in d.items()}
+        return {k: str(d[k]) for k in VM_COLUMNS}
 
 
 def _num(x: float) -> str:
@@ -153,3 +155,56 @@ def selection(args: argparse.Namespace, current: Sequence[dict[str, str]]
     expected = {(r["region"], r["instance_type"]) for r in current
                 if r["region"] in regions and r["instance_type"] in types}
     return regions, types, expected
+
+
+def get_json(url: str, error: Callable[[Exception], RefreshError]) -> dict[str, Any]:
+    """GET ``url`` as a JSON object.
+
+    Args:
+        url: The address.
+        error: Builds the error to raise from the request's or the JSON decoder's exception (the
+            caller words it: which cloud and region, what to do).
+
+    Raises:
+        RefreshError: ``error(exc)``, when the request fails or the answer is not JSON.
+    """
+    import requests
+
+    try:
+        resp = requests.get(url, timeout=HTTP_TIMEOUT_S)
+        resp.raise_for_status()
+        return dict(resp.json())
+    except (requests.RequestException, ValueError) as exc:
+        raise error(exc) from None
+
+
+# fetch_rows(regions, types, shapes of the current file's types) -> the provider's rows
+RowsFetcher = Callable[[set[str], set[str], Mapping[str, Shape]], list[PriceRow]]
+
+
+def run(cloud: str, args: argparse.Namespace, fetch_rows: RowsFetcher) -> int:
+    """Refresh ``vms_<cloud>.csv`` with fresh prices, or refuse with nothing written.
+
+    Reads and validates the current file, selects the (region, type) pairs to refresh (see
+    :func:`selection`), checks the provider's answer is complete, then merges and writes it.
+
+    Args:
+        cloud: The cloud.
+        args: The parsed options of :func:`base_parser` (and the script's own).
+        fetch_rows: ``fetch_rows(regions, types, shapes)`` returns the provider's rows; ``shapes``
+            are those of the current file's types (:func:`shapes_of`).
+
+    Returns:
+        The exit code: 0, or the error's code after printing it (nothing written).
+    """
+    try:
+        current = read_current(cloud, args.catalog_dir)
+        regions, types, expected = selection(args, current)
+        rows = fetch_rows(regions, types, shapes_of(current))
+        check_complete(cloud, rows, expected, args.allow_missing)
+        path = merge_and_write(cloud, rows, regions, types, current, args.catalog_dir)
+    except FedcloudError as exc:  # RefreshError, or a CatalogError in the current file
+        print(f"refresh: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"{path}: {len(rows)} rows refreshed in {len(regions)} region(s)")
+    return 0

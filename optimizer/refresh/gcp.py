@@ -21,19 +21,14 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fedcloud.errors import FedcloudError
 from optimizer.refresh.common import (
-    HTTP_TIMEOUT_S,
     MAX_PAGES,
     PriceRow,
     RefreshError,
     Shape,
     base_parser,
-    check_complete,
-    merge_and_write,
-    read_current,
-    selection,
-    shapes_of,
+    get_json,
+    run,
 )
 
 CLOUD = "gcp"
@@ -101,7 +96,7 @@ def parse_skus(skus: Iterable[Mapping[str, Any]], regions: set[str], types: set[
             spot = (round(shape.vcpus * score[0] + shape.memory_gib * sram[0], 6)
                     if score and sram else None)
             rows.append(PriceRow(
-                region=region, instance_type=itype, vcpus=shape.vcpus,
+                cloud=CLOUD, region=region, instance_type=itype, vcpus=shape.vcpus,
                 memory_gib=shape.memory_gib,
                 price_usd_per_hour=round(shape.vcpus * core[0] + shape.memory_gib * ram[0], 6),
                 spot_price_usd_per_hour=spot,
@@ -129,16 +124,10 @@ def fetch_skus(api_key: str, get: Callable[[str], Mapping[str, Any]] | None = No
 
 
 def _http_get(url: str) -> dict[str, Any]:
-    import requests
-
-    try:
-        resp = requests.get(url, timeout=HTTP_TIMEOUT_S)
-        resp.raise_for_status()
-        return dict(resp.json())
-    except (requests.RequestException, ValueError) as exc:
-        safe = url.split("?")[0]  # never print the API key
-        raise RefreshError(f"gcp: {safe} failed ({type(exc).__name__}); not written.",
-                           "check the API key and retry.") from None
+    safe = url.split("?")[0]  # never print the API key
+    return get_json(url, lambda exc: RefreshError(
+        f"gcp: {safe} failed ({type(exc).__name__}); not written.",
+        "check the API key and retry."))
 
 
 def main(argv: list[str] | None = None,
@@ -147,9 +136,8 @@ def main(argv: list[str] | None = None,
     parser = base_parser(CLOUD, __doc__.splitlines()[0])
     parser.add_argument("--skus-file", type=Path, help="read a saved {'skus': [...]} answer")
     args = parser.parse_args(argv)
-    try:
-        current = read_current(CLOUD, args.catalog_dir)
-        regions, types, expected = selection(args, current)
+
+    def rows(regions: set[str], types: set[str], shapes: Mapping[str, Shape]) -> list[PriceRow]:
         if args.skus_file is not None:
             try:
                 skus = list(json.loads(args.skus_file.read_text(encoding="utf-8"))["skus"])
@@ -164,14 +152,9 @@ def main(argv: list[str] | None = None,
                                    "create a key in a GCP project with the Cloud Billing API "
                                    "enabled and export GCP_API_KEY, or use --skus-file.")
             skus = fetch_skus(key, get)
-        rows = parse_skus(skus, regions, types, shapes_of(current))
-        check_complete(CLOUD, rows, expected, args.allow_missing)
-        path = merge_and_write(CLOUD, rows, regions, types, current, args.catalog_dir)
-    except FedcloudError as exc:  # RefreshError, or a CatalogError in the current file
-        print(f"refresh: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(f"{path}: {len(rows)} rows refreshed in {len(regions)} region(s)")
-    return 0
+        return parse_skus(skus, regions, types, shapes)
+
+    return run(CLOUD, args, rows)
 
 
 if __name__ == "__main__":
