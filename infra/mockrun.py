@@ -354,9 +354,23 @@ def render(run: MockRun) -> dict[str, Any]:
     # The VM's user data is a secret (it carries the server key), so its property shows
     # "[secret]"; under mocks the key is a placeholder, so the bootstrap is shown here in full.
     bootstrap = run.user_data()
-    return {"notice": NOTICE, "stack": run.stack, "resources": resources, "calls": calls,
-            "outputs": outputs, "warnings": sorted(run.warnings),
-            "bootstrap": bootstrap.splitlines() if bootstrap is not None else None}
+    return _portable({"notice": NOTICE, "stack": run.stack, "resources": resources,
+                      "calls": calls, "outputs": outputs, "warnings": sorted(run.warnings),
+                      "bootstrap": bootstrap.splitlines() if bootstrap is not None else None})
+
+
+def _portable(value: Any) -> Any:
+    """Write paths inside the project as ``<project>/...``.
+
+    A rendering is then the same in any checkout (golden files are compared on fresh clones).
+    """
+    if isinstance(value, str):
+        return value.replace(str(ROOT), "<project>")
+    if isinstance(value, Mapping):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_portable(v) for v in value]
+    return value
 
 
 def render_stack(name: str) -> dict[str, Any]:
