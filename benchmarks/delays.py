@@ -54,7 +54,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +62,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fedcloud.env import quiet_flower_here
 from fedcloud.errors import TrainingError
-from fl.certs import DeploymentCerts, ensure_deployment_certs
-from fl.flwr_cli import FlwrCli
-from fl.initializer import CONNECTION, TrainingResult, register_nodes, start_training
-from fl.procs import ManagedProcess
+from fl.initializer import TrainingResult, start_training
+from fl.localfed import LocalFederation, local_federation
 from fl.runconfig import MODEL_CLASSES, RunConfig
-from fl.superlink import SuperLinkProcess, free_port, start_superlink
-from fl.supernode import start_supernode
 from fl.synth import generate
 from fl.task import build_model, model_bytes
 
@@ -97,31 +93,10 @@ FULL_DEPLOY_S = 25.0
 TIMINGS = ("flower_elapsed_s", "wall_s", "rounds_wall_s")
 
 
-@dataclass
-class Deployment:
-    """A running local deployment: one SuperLink, its SuperNodes, the ``flwr`` CLI.
-
-    Attributes:
-        root: Work directory (data, certificates, state, logs).
-        certs: The deployment's CA, server certificate and node keys.
-        link: The SuperLink.
-        cli: ``flwr`` on the deployment's own ``FLWR_HOME``.
-        nodes: Participant -> its SuperNode process.
-        node_keys: Participant -> its registered public key.
-    """
-
-    root: Path
-    certs: DeploymentCerts
-    link: SuperLinkProcess
-    cli: FlwrCli
-    nodes: dict[str, ManagedProcess]
-    node_keys: dict[str, Path]
-
-
 @contextmanager
 def deployment(root: Path, *, participants: Sequence[str] = PARTICIPANTS,
                train_images: int = 300, test_images: int = 60, data_seed: int = 1,
-               torch_threads: int = 1) -> Iterator[Deployment]:
+               torch_threads: int = 1) -> Iterator[LocalFederation]:
     """Start a TLS + node-auth SuperLink and one SuperNode per participant; stop them at exit.
 
     Args:
@@ -137,31 +112,11 @@ def deployment(root: Path, *, participants: Sequence[str] = PARTICIPANTS,
     """
     data = generate("cifar", root / "data", participants, train_images, test_images,
                     seed=data_seed)
-    certs = ensure_deployment_certs(root / "certs", [LINK_HOST], participants)
-    link = start_superlink(root / "superlink", host=LINK_HOST, port=free_port(LINK_HOST),
-                           ca_cert=certs.ca.cert, server_cert=certs.server.cert,
-                           server_key=certs.server.key)
-    nodes: dict[str, ManagedProcess] = {}
-    try:
-        cli = FlwrCli(root / "flwr-home")
-        cli.write_connection(CONNECTION, link.address, certs.ca.cert)
-        keys = {n: certs.nodes[n].public_key for n in participants}
-        ids = register_nodes(cli, CONNECTION, link.address, keys)
-        for i, name in enumerate(participants):
-            host = f"127.0.3.{NODE_HOST_BASE + i}"
-            nodes[name] = start_supernode(
-                root / "nodes" / name, superlink=link.address, data_dir=data[name],
-                participant=name, ca_cert=certs.ca.cert,
-                private_key=certs.nodes[name].private_key, runtime_host=host,
-                runtime_port=free_port(host), max_wait_time_s=NODE_MAX_WAIT_S,
-                torch_threads=torch_threads)
-        cli.wait_online(CONNECTION, [i for i in ids.values() if i is not None],
-                        ONLINE_TIMEOUT_S)
-        yield Deployment(root, certs, link, cli, nodes, keys)
-    finally:
-        for proc in nodes.values():
-            proc.stop()
-        link.stop()
+    hosts = {name: f"127.0.3.{NODE_HOST_BASE + i}" for i, name in enumerate(participants)}
+    with local_federation(root, participants, data, link_host=LINK_HOST, node_hosts=hosts,
+                          torch_threads=torch_threads, max_wait_time_s=NODE_MAX_WAIT_S,
+                          online_timeout_s=ONLINE_TIMEOUT_S) as fed:
+        yield fed
 
 
 def base_config(rounds: int, seed: int = 1) -> RunConfig:
@@ -195,7 +150,7 @@ def expected_draws(seed: int, participants: Sequence[str], rounds: int,
             for r in range(1, rounds + 1)]
 
 
-def run_cell(dep: Deployment, cfg: RunConfig) -> dict[str, Any]:
+def run_cell(dep: LocalFederation, cfg: RunConfig) -> dict[str, Any]:
     """Run one training run on the deployment and return its timings and drawn delays.
 
     Raises:
@@ -235,7 +190,7 @@ def run_cell(dep: Deployment, cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def run_study(dep: Deployment, *, delays_s: Sequence[float], probs: Sequence[float],
+def run_study(dep: LocalFederation, *, delays_s: Sequence[float], probs: Sequence[float],
               rounds: int, seed: int = 1, warmup: bool = True) -> dict[str, Any]:
     """Run every (d, p) cell on one deployment and compare the times with the model.
 

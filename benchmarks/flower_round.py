@@ -37,13 +37,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fedcloud.env import quiet_flower_here
-from fl.certs import ensure_deployment_certs
-from fl.flwr_cli import FlwrCli
-from fl.initializer import CONNECTION, register_nodes, start_training
-from fl.procs import ManagedProcess
+from fl.initializer import CONNECTION, start_training
+from fl.localfed import LocalFederation, local_federation
 from fl.runconfig import MODEL_CLASSES, RunConfig
-from fl.superlink import free_port, start_superlink
-from fl.supernode import start_supernode
 from fl.synth import generate
 from fl.task import build_model, model_bytes
 
@@ -80,90 +76,77 @@ def main(argv: list[str] | None = None) -> int:
     size = model_bytes(build_model(cfg.model_spec()))
     names = [f"p{i + 1}" for i in range(args.nodes)]
     root = Path(tempfile.mkdtemp(prefix="fedcloud-bench-"))
-    nodes: list[ManagedProcess] = []
-    link = None
     try:
         kind = "cifar" if args.model == "cifar_cnn" else "covid"
         data = generate(kind, root / "data", names, args.train_images, 12,
                         image_size=image_size, seed=1)
-        certs = ensure_deployment_certs(root / "certs", [LINK_HOST], names)
-        link = start_superlink(root / "superlink", host=LINK_HOST, port=free_port(LINK_HOST),
-                               ca_cert=certs.ca.cert, server_cert=certs.server.cert,
-                               server_key=certs.server.key)
-        cli = FlwrCli(root / "flwr-home")
-        cli.write_connection(CONNECTION, link.address, certs.ca.cert)
-        keys = {n: certs.nodes[n].public_key for n in names}
-        ids = register_nodes(cli, CONNECTION, link.address, keys)
-        for i, name in enumerate(names):
-            host = f"127.0.2.{110 + i}"
-            nodes.append(start_supernode(
-                root / "nodes" / name, superlink=link.address, data_dir=data[name],
-                participant=name, ca_cert=certs.ca.cert,
-                private_key=certs.nodes[name].private_key, runtime_host=host,
-                runtime_port=free_port(host), torch_threads=args.torch_threads))
-        cli.wait_online(CONNECTION, [i for i in ids.values() if i is not None], 120)
-
-        traffic: list[int] = []
-        run_id: list[int] = []
-
-        def on_line(line: str) -> None:
-            if not run_id and "Successfully started run" in line:
-                run_id.append(int(line.rsplit(" ", 1)[-1]))
-
-        def on_round(_doc: dict[str, Any]) -> None:
-            if run_id:
-                info = cli.run_info(CONNECTION, run_id[0])
-                traffic.append(info.inbound_bytes + info.outbound_bytes)
-
-        started = time.monotonic()
-        result = start_training(superlink=link.address, ca_cert=certs.ca.cert, node_keys=keys,
-                                run_config=cfg, state_dir=root / "state", cli=cli,
-                                on_round=on_round, on_line=on_line)
-        total_s = time.monotonic() - started
-        if result.status != "COMPLETED":
-            print(json.dumps({"error": result.status, "detail": result.detail}))
-            return 1
-        rounds = []
-        previous = 0
-        for i, rnd in enumerate(result.rounds):
-            cumulative = traffic[i] if i < len(traffic) else result.network_bytes
-            rounds.append({
-                "round": rnd["round"],
-                "wall_s": round(rnd["round_wall_s"], 2),
-                "max_client_train_s": round(rnd["max_client_train_s"], 3),
-                "network_bytes": cumulative - previous,
-                "train_phase_s": round(rnd["train_phase_s"], 2),
-                "evaluate_phase_s": round(rnd["evaluate_phase_s"], 2),
-                "accuracy": round(rnd["metrics"]["accuracy"], 3),
-            })
-            previous = cumulative
-        wall = sum(r["wall_s"] for r in rounds)
-        train = sum(r["max_client_train_s"] for r in rounds)
-        per_round_messages = 3 * args.nodes  # train down + train up + evaluate down
-        out = {
-            "model": args.model, "width": args.width, "image_size": image_size,
-            "nodes": args.nodes, "train_images_per_node": args.train_images,
-            "model_bytes": size,
-            "overhead_ratio": round(wall / train, 2) if train else None,
-            "rounds": rounds,
-            "expected_bytes_per_round": size * per_round_messages,
-            "network_bytes_per_round_mean": result.network_bytes // max(len(rounds), 1),
-            "model_transfers_per_round": round(
-                result.network_bytes / max(len(rounds), 1) / size, 3),
-            "superexec_poll_s": args.superexec_poll_s,
-            "run_total_s": round(total_s, 1),
-            "flower_elapsed_s": round(result.elapsed_s, 1),
-            "network_bytes_total": result.network_bytes,
-        }
-        print(json.dumps(out, indent=1))
-        return 0
+        hosts = {name: f"127.0.2.{110 + i}" for i, name in enumerate(names)}
+        with local_federation(root, names, data, link_host=LINK_HOST, node_hosts=hosts,
+                              torch_threads=args.torch_threads, online_timeout_s=120) as fed:
+            return _run(fed, cfg, args, size, image_size)
     finally:
-        for proc in nodes:
-            proc.stop()
-        if link is not None:
-            link.stop()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(fed: LocalFederation, cfg: RunConfig, args: argparse.Namespace, size: int,
+         image_size: int) -> int:
+    """Train on the running federation and print the round figures; return the exit code."""
+    link, certs, cli, keys, root = fed.link, fed.certs, fed.cli, fed.node_keys, fed.root
+    traffic: list[int] = []
+    run_id: list[int] = []
+
+    def on_line(line: str) -> None:
+        if not run_id and "Successfully started run" in line:
+            run_id.append(int(line.rsplit(" ", 1)[-1]))
+
+    def on_round(_doc: dict[str, Any]) -> None:
+        if run_id:
+            info = cli.run_info(CONNECTION, run_id[0])
+            traffic.append(info.inbound_bytes + info.outbound_bytes)
+
+    started = time.monotonic()
+    result = start_training(superlink=link.address, ca_cert=certs.ca.cert, node_keys=keys,
+                            run_config=cfg, state_dir=root / "state", cli=cli,
+                            on_round=on_round, on_line=on_line)
+    total_s = time.monotonic() - started
+    if result.status != "COMPLETED":
+        print(json.dumps({"error": result.status, "detail": result.detail}))
+        return 1
+    rounds = []
+    previous = 0
+    for i, rnd in enumerate(result.rounds):
+        cumulative = traffic[i] if i < len(traffic) else result.network_bytes
+        rounds.append({
+            "round": rnd["round"],
+            "wall_s": round(rnd["round_wall_s"], 2),
+            "max_client_train_s": round(rnd["max_client_train_s"], 3),
+            "network_bytes": cumulative - previous,
+            "train_phase_s": round(rnd["train_phase_s"], 2),
+            "evaluate_phase_s": round(rnd["evaluate_phase_s"], 2),
+            "accuracy": round(rnd["metrics"]["accuracy"], 3),
+        })
+        previous = cumulative
+    wall = sum(r["wall_s"] for r in rounds)
+    train = sum(r["max_client_train_s"] for r in rounds)
+    per_round_messages = 3 * args.nodes  # train down + train up + evaluate down
+    out = {
+        "model": args.model, "width": args.width, "image_size": image_size,
+        "nodes": args.nodes, "train_images_per_node": args.train_images,
+        "model_bytes": size,
+        "overhead_ratio": round(wall / train, 2) if train else None,
+        "rounds": rounds,
+        "expected_bytes_per_round": size * per_round_messages,
+        "network_bytes_per_round_mean": result.network_bytes // max(len(rounds), 1),
+        "model_transfers_per_round": round(
+            result.network_bytes / max(len(rounds), 1) / size, 3),
+        "superexec_poll_s": args.superexec_poll_s,
+        "run_total_s": round(total_s, 1),
+        "flower_elapsed_s": round(result.elapsed_s, 1),
+        "network_bytes_total": result.network_bytes,
+    }
+    print(json.dumps(out, indent=1))
+    return 0
 
 
 if __name__ == "__main__":

@@ -36,9 +36,8 @@ from pathlib import Path
 
 from fedcloud.env import quiet_flower_here
 from fedcloud.participants import Location, Participant
-from fl.certs import ensure_deployment_certs
-from fl.flwr_cli import FlwrCli
-from fl.initializer import CONNECTION, register_nodes
+from fl.initializer import CONNECTION
+from fl.localfed import start_local_superlink
 from fl.orchestrator import (
     NodeLaunch,
     Orchestrator,
@@ -48,7 +47,7 @@ from fl.orchestrator import (
     SuperLinkNodes,
 )
 from fl.ssh import ParamikoTransport
-from fl.superlink import SuperLinkProcess, free_port, start_superlink
+from fl.superlink import SuperLinkProcess
 from infra.emulated import EmulatedCloud, brief_vms
 
 LINK_HOST = "127.0.1.253"
@@ -75,16 +74,10 @@ def _settings(online_timeout_s: float) -> OrchestratorSettings:
 
 
 def build(root: Path, names: list[str], online_timeout_s: float) -> Bench:
-    certs = ensure_deployment_certs(root / "certs", [LINK_HOST], names)
-    link = start_superlink(root / "superlink", host=LINK_HOST, port=free_port(LINK_HOST),
-                           ca_cert=certs.ca.cert, server_cert=certs.server.cert,
-                           server_key=certs.server.key)
+    fed = start_local_superlink(root, names, link_host=LINK_HOST)
+    link, certs = fed.link, fed.certs
     clouds: dict[str, EmulatedCloud] = {}
     try:
-        cli = FlwrCli(root / "flwr-home")
-        cli.write_connection(CONNECTION, link.address, certs.ca.cert)
-        ids = register_nodes(cli, CONNECTION, link.address,
-                             {n: certs.nodes[n].public_key for n in names})
         participants = []
         for i, name in enumerate(names):
             clouds[name] = EmulatedCloud(root / f"vms-{name}", first_host=FIRST_HOST + 5 * i)
@@ -93,8 +86,7 @@ def build(root: Path, names: list[str], online_timeout_s: float) -> Bench:
         launches = {n: NodeLaunch(link.address, certs.ca.cert, certs.nodes[n].private_key,
                                   data_dir=str(root / "data" / n),
                                   max_wait_time_s=MAX_WAIT_TIME_S) for n in names}
-        nodes = SuperLinkNodes(cli, CONNECTION, {n: int(i) for n, i in ids.items()
-                                                 if i is not None})
+        nodes = SuperLinkNodes(fed.cli, CONNECTION, fed.node_ids)
         orch = Orchestrator(participants, launches, transport=ParamikoTransport(), nodes=nodes,
                             settings=_settings(online_timeout_s), state_dir=root / "state")
     except BaseException:

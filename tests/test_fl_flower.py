@@ -12,25 +12,19 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from fl.certs import DeploymentCerts, ensure_deployment_certs, make_ca, make_node_key
-from fl.flwr_cli import FlwrCli
-from fl.initializer import (
-    CONNECTION,
-    TrainingResult,
-    register_nodes,
-    run_bound_s,
-    start_training,
-)
+from fl.certs import make_ca, make_node_key
+from fl.initializer import CONNECTION, TrainingResult, run_bound_s, start_training
+from fl.localfed import LocalFederation, local_federation
 from fl.procs import ManagedProcess
 from fl.records import METRICS
 from fl.runconfig import RunConfig
-from fl.superlink import SuperLinkProcess, free_port, start_superlink
+from fl.superlink import free_port
 from fl.supernode import start_supernode
 from fl.synth import generate
 
@@ -44,17 +38,6 @@ REJECT_WAIT_S = 6.0  # --max-wait-time of the nodes that must be refused
 ONLINE_TIMEOUT_S = 60.0
 
 
-@dataclass
-class Federation:
-    root: Path
-    certs: DeploymentCerts
-    link: SuperLinkProcess
-    cli: FlwrCli
-    data: dict[str, Path]
-    nodes: dict[str, ManagedProcess]
-    node_ids: dict[str, int]
-
-
 def _config(**changes: object) -> RunConfig:
     base = RunConfig(model="covid_cnn", width=4, image_size=IMAGE, num_classes=3, rounds=2,
                      local_epochs=2, batch_size=8, learning_rate=0.05, fraction_train=1.0,
@@ -63,44 +46,24 @@ def _config(**changes: object) -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
     root = tmp_path_factory.mktemp("flower")
     data = generate("covid", root / "data", NAMES, train_per_participant=40,
                     test_per_participant=12, image_size=IMAGE, seed=7)
-    certs = ensure_deployment_certs(root / "certs", [LINK_HOST], NAMES)
-    link = start_superlink(root / "superlink", host=LINK_HOST, port=free_port(LINK_HOST),
-                           ca_cert=certs.ca.cert, server_cert=certs.server.cert,
-                           server_key=certs.server.key)
-    nodes: dict[str, ManagedProcess] = {}
-    try:
-        cli = FlwrCli(root / "flwr-home")
-        cli.write_connection(CONNECTION, link.address, certs.ca.cert)
-        registered = register_nodes(cli, CONNECTION, link.address,
-                                    {n: certs.nodes[n].public_key for n in NAMES})
-        node_ids = {n: int(i) for n, i in registered.items() if i is not None}
-        for name in NAMES:
-            host = NODE_HOSTS[name]
-            nodes[name] = start_supernode(
-                root / "nodes" / name, superlink=link.address, data_dir=data[name],
-                participant=name, ca_cert=certs.ca.cert,
-                private_key=certs.nodes[name].private_key, runtime_host=host,
-                runtime_port=free_port(host), max_wait_time_s=60, torch_threads=1)
-        cli.wait_online(CONNECTION, list(node_ids.values()), ONLINE_TIMEOUT_S)
-        yield Federation(root, certs, link, cli, data, nodes, node_ids)
-    finally:
-        for proc in nodes.values():
-            proc.stop()
-        link.stop()
+    with local_federation(root, NAMES, data, link_host=LINK_HOST, node_hosts=NODE_HOSTS,
+                          torch_threads=1, max_wait_time_s=60,
+                          online_timeout_s=ONLINE_TIMEOUT_S) as federation:
+        yield federation
 
 
-def test_registered_nodes_are_online_over_tls_with_auth(fed: Federation) -> None:
+def test_registered_nodes_are_online_over_tls_with_auth(fed: LocalFederation) -> None:
     assert "--enable-supernode-auth" in fed.link.argv
     assert "--ssl-certfile" in fed.link.argv and "--insecure" not in fed.link.argv
     status = {n.node_id: n.status for n in fed.cli.list_nodes(CONNECTION)}
     assert {status[i] for i in fed.node_ids.values()} == {"online"}
 
 
-def _start_refused_node(fed: Federation, name: str, ca: Path, key: Path) -> ManagedProcess:
+def _start_refused_node(fed: LocalFederation, name: str, ca: Path, key: Path) -> ManagedProcess:
     host = "127.0.2.20" if name == "rogue" else "127.0.2.21"
     return start_supernode(fed.root / "refused" / name, superlink=fed.link.address,
                            data_dir=fed.data["us"], participant=name, ca_cert=ca,
@@ -108,7 +71,7 @@ def _start_refused_node(fed: Federation, name: str, ca: Path, key: Path) -> Mana
                            max_wait_time_s=REJECT_WAIT_S)
 
 
-def test_unregistered_key_and_foreign_ca_are_refused(fed: Federation) -> None:
+def test_unregistered_key_and_foreign_ca_are_refused(fed: LocalFederation) -> None:
     rogue = make_node_key(fed.root / "rogue", "rogue")
     other_ca = make_ca(fed.root / "other-ca")
     # An unregistered key, with the right CA; and a registered key without the deployment CA.
@@ -127,14 +90,14 @@ def test_unregistered_key_and_foreign_ca_are_refused(fed: Federation) -> None:
     assert {n.node_id for n in nodes} == set(fed.node_ids.values())  # nobody new joined
 
 
-def _train(fed: Federation, cfg: RunConfig, **kwargs: object) -> TrainingResult:
+def _train(fed: LocalFederation, cfg: RunConfig, **kwargs: object) -> TrainingResult:
     keys = {n: fed.certs.nodes[n].public_key for n in NAMES}
     return start_training(superlink=fed.link.address, ca_cert=fed.certs.ca.cert, node_keys=keys,
                           run_config=cfg, state_dir=fed.root / "state", cli=fed.cli,
                           **kwargs)  # type: ignore[arg-type]
 
 
-def test_end_to_end_training_records_every_round(fed: Federation) -> None:
+def test_end_to_end_training_records_every_round(fed: LocalFederation) -> None:
     from fl.registry import load_model, open_store
 
     cfg = _config(tracking_uri=str(fed.root / "registry"), experiment="fedcloud-test",
@@ -165,7 +128,7 @@ def test_end_to_end_training_records_every_round(fed: Federation) -> None:
         result.rounds[-1]["metrics"]["accuracy"])
 
 
-def test_killed_supernode_run_completes_with_the_others(fed: Federation) -> None:
+def test_killed_supernode_run_completes_with_the_others(fed: LocalFederation) -> None:
     # One round: the phase after the kill (evaluate) is where Flower's own sampling would wait
     # for the dead node (still listed online for ~60 s); the ServerApp must skip it.
     cfg = _config(rounds=1, min_nodes=2, phase_timeout_s=20, node_wait_s=20, seed=2)
@@ -191,7 +154,7 @@ def test_killed_supernode_run_completes_with_the_others(fed: Federation) -> None
     assert took < run_bound_s(cfg)
 
 
-def test_too_few_nodes_ends_the_run_with_nodes_lost(fed: Federation) -> None:
+def test_too_few_nodes_ends_the_run_with_nodes_lost(fed: LocalFederation) -> None:
     # Fewer participants than min-nodes are connected: the ServerApp waits node-wait-s, then
     # ends the run with a clear status instead of Flower's endless "waiting for nodes".
     cfg = _config(rounds=1, min_nodes=len(NAMES) + 1, node_wait_s=2, phase_timeout_s=10)

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from fedcloud.participants import Location, Participant
-from fl.certs import ensure_deployment_certs
 from fl.flwr_cli import FlwrCli
-from fl.initializer import CONNECTION, register_nodes
+from fl.initializer import CONNECTION
+from fl.localfed import start_local_superlink
 from fl.orchestrator import (
     KEY_FILE,
     NodeLaunch,
@@ -33,7 +33,7 @@ from fl.orchestrator import (
     rotation,
 )
 from fl.ssh import ParamikoTransport
-from fl.superlink import SuperLinkProcess, free_port, start_superlink
+from fl.superlink import SuperLinkProcess
 from infra.emulated import EmulatedCloud, brief_vms
 
 pytestmark = pytest.mark.slow
@@ -59,17 +59,10 @@ class Fed:
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
     root = tmp_path_factory.mktemp("orch")
-    certs = ensure_deployment_certs(root / "certs", [LINK_HOST], NAMES)
     clouds = {n: EmulatedCloud(root / f"vms-{n}", first_host=FIRST_HOST[n]) for n in NAMES}
-    link = start_superlink(root / "superlink", host=LINK_HOST, port=free_port(LINK_HOST),
-                           ca_cert=certs.ca.cert, server_cert=certs.server.cert,
-                           server_key=certs.server.key)
+    local = start_local_superlink(root, NAMES, link_host=LINK_HOST)
+    link, certs, cli, node_ids = local.link, local.certs, local.cli, local.node_ids
     try:
-        cli = FlwrCli(root / "flwr-home")
-        cli.write_connection(CONNECTION, link.address, certs.ca.cert)
-        ids = register_nodes(cli, CONNECTION, link.address,
-                             {n: certs.nodes[n].public_key for n in NAMES})
-        node_ids = {n: int(i) for n, i in ids.items() if i is not None}
         participants = [Participant(n, Location(region="aws:us-east-1"), None, None,
                                     clouds[n].start(brief_vms())) for n in NAMES]
         launches = {n: NodeLaunch(link.address, certs.ca.cert, certs.nodes[n].private_key,
