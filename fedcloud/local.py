@@ -229,6 +229,11 @@ def up(raw: RawConfig, report: Callable[[str], None] = print,
         participants = _write_data(state, raw, participants, training.model, training.image_size)
 
     with phases.phase("SuperLink (TLS, node authentication)"):
+        # Each local deployment starts with a fresh SuperLink database (the node keys, and so
+        # the participants' identities, are kept; node ids are issued anew).
+        for stale in (*(state / "superlink").glob("superlink.db*"),
+                      state / "flwr-home" / "nodes.json"):
+            stale.unlink(missing_ok=True)
         certs = ensure_deployment_certs(state / "certs", [SUPERLINK_HOST],
                                         [p.name for p in participants])
         link = start_superlink(state / "superlink", host=SUPERLINK_HOST,

@@ -110,8 +110,8 @@ def register_nodes(cli: FlwrCli, connection: str, address: str,
     """Register each participant's public key once; return participant -> node id.
 
     Raises:
-        TrainingError: A key file is missing or the SuperLink refused a key for another reason
-            than already knowing it.
+        TrainingError: A key file is missing, the SuperLink refused a key for another reason
+            than already knowing it, or it knows a key whose node id was not recorded here.
     """
     path = _nodes_file(cli)
     try:
@@ -132,7 +132,13 @@ def register_nodes(cli: FlwrCli, connection: str, address: str,
         except TrainingError as exc:
             if "already in use" not in str(exc):
                 raise
-            out[participant] = known.get(key_id)
+            if key_id not in known:
+                raise TrainingError(
+                    f"the SuperLink at {address} already knows the node key of "
+                    f"'{participant}' ({key_path}), but its node id is not recorded in {path}.",
+                    "unregister the node (flwr supernode unregister NODE_ID) or start the "
+                    "SuperLink with a fresh --database file.") from None
+            out[participant] = known[key_id]
             log.info("node key of %s was already registered (node %s)", participant,
                      out[participant])
         if out[participant] is not None:
