@@ -193,8 +193,8 @@ def up(raw: RawConfig, report: Callable[[str], None] = print,
     from fl.settings import load_training
     from fl.ssh import ParamikoTransport
     from fl.superlink import free_port, start_superlink
-    from infra.settings import plan_output
     from optimizer import PlanRequest, plan
+    from optimizer.result import plan_output
 
     target = raw.view().sub("aggregator").get_str("target")
     if target != "local":

@@ -27,6 +27,7 @@ from fedcloud.participants import Participant, parse_participants
 from infra import CLOUDS
 from infra.common import Placement
 from infra.network import NetworkPolicy, network_policy
+from optimizer.result import plan_output
 
 TARGETS = ("auto", *CLOUDS)
 # The keys the training dispatch needs (a change to any of them means a new training run).
@@ -212,58 +213,6 @@ def decide(settings: ProgramSettings) -> Decision:
     placement = Placement(cloud=str(choice.cloud), region=str(choice.region),
                           instance_type=str(choice.instance_type))
     return Decision(placement, plan_output(result))
-
-
-def _camel(key: str) -> str:
-    head, *rest = key.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
-def camelize(value: Any) -> Any:
-    """Return ``value`` with every mapping key in camelCase (``cost_usd`` -> ``costUsd``)."""
-    if isinstance(value, Mapping):
-        return {_camel(str(k)): camelize(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [camelize(v) for v in value]
-    return value
-
-
-def plan_output(result: Any) -> dict[str, Any]:
-    """Map an ``optimizer.PlanResult`` to the ``plan`` stack output (camelCase, JSON-able).
-
-    Top level: the deployed option's ``costUsd``, ``costLocal``, ``latencyMs``,
-    ``meanLatencyMs``, the ``weights`` that picked it, the ``baseline`` and the ``cut`` against
-    it (``costCutPct`` > 0 is cheaper); then the per-weight ``choices`` and the search summary.
-    The wall time and the whole front are left out so that the output is deterministic and
-    small (``fedcloud plan --json`` prints them).
-    """
-    from optimizer.result import Comparison
-
-    full = result.to_dict()
-    obj = result.objectives
-    cut = None
-    if result.baseline is not None:
-        cut = Comparison.of(obj, result.baseline.objectives).to_dict()
-    weights = None if result.pinned or not result.choices else list(full["choices"][0]["weights"])
-    out = {
-        "costUsd": full["objectives"]["cost_usd"],
-        "costLocal": full["objectives"]["cost_local"],
-        "currency": full["currency"]["code"],
-        "latencyMs": full["objectives"]["latency_ms"],
-        "meanLatencyMs": full["objectives"]["mean_latency_ms"],
-        "jobHours": full["objectives"]["job_hours"],
-        "weights": weights,
-        "choice": full["choice"],
-        "baseline": full["baseline"],
-        "cut": cut,
-        "choices": full["choices"],
-        "pinned": full["pinned"],
-        "method": full["method"],
-        "seed": full["seed"],
-        "limits": full["limits"],
-        "search": full["search"],
-    }
-    return dict(camelize(out))
 
 
 def provider_config(cloud: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ gives the JSON shape of ``fedcloud plan --json``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,3 +223,53 @@ class PlanResult:
 
 def _num(x: float) -> float | int:
     return int(x) if float(x).is_integer() else float(x)
+
+
+def _camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def camelize(value: Any) -> Any:
+    """Return ``value`` with every mapping key in camelCase (``cost_usd`` -> ``costUsd``)."""
+    if isinstance(value, Mapping):
+        return {_camel(str(k)): camelize(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [camelize(v) for v in value]
+    return value
+
+
+def plan_output(result: Any) -> dict[str, Any]:
+    """Map an ``optimizer.PlanResult`` to the ``plan`` stack output (camelCase, JSON-able).
+
+    Top level: the deployed option's ``costUsd``, ``costLocal``, ``latencyMs``,
+    ``meanLatencyMs``, the ``weights`` that picked it, the ``baseline`` and the ``cut`` against
+    it (``costCutPct`` > 0 is cheaper); then the per-weight ``choices`` and the search summary.
+    The wall time and the whole front are left out so that the output is deterministic and
+    small (``fedcloud plan --json`` prints them).
+    """
+    full = result.to_dict()
+    obj = result.objectives
+    cut = None
+    if result.baseline is not None:
+        cut = Comparison.of(obj, result.baseline.objectives).to_dict()
+    weights = None if result.pinned or not result.choices else list(full["choices"][0]["weights"])
+    out = {
+        "costUsd": full["objectives"]["cost_usd"],
+        "costLocal": full["objectives"]["cost_local"],
+        "currency": full["currency"]["code"],
+        "latencyMs": full["objectives"]["latency_ms"],
+        "meanLatencyMs": full["objectives"]["mean_latency_ms"],
+        "jobHours": full["objectives"]["job_hours"],
+        "weights": weights,
+        "choice": full["choice"],
+        "baseline": full["baseline"],
+        "cut": cut,
+        "choices": full["choices"],
+        "pinned": full["pinned"],
+        "method": full["method"],
+        "seed": full["seed"],
+        "limits": full["limits"],
+        "search": full["search"],
+    }
+    return dict(camelize(out))
