@@ -1,6 +1,6 @@
 """The fedcloud Pulumi program: the Flower aggregator where the optimizer puts it, then training.
 
-Reads ``pulumi.Config()`` once (:mod:`infra.settings`), takes the optimizer's choice of cloud,
+Reads ``pulumi.Config()`` once (:mod:`infra.program`), takes the optimizer's choice of cloud,
 region and VM size (or the stack's pin), declares the aggregator through ``infra/`` (the chosen
 cloud's SDK only), waits for the SuperLink's health over TLS, dispatches the participants'
 SuperNodes and the training run, and exports ``aggregator``, ``plan``, ``participants`` and
@@ -13,17 +13,17 @@ import json
 
 import pulumi
 
-from fedcloud.errors import FedcloudError
+from fedcloud.core.errors import FedcloudError
 from infra import aggregator_class
-from infra.common import AggregatorArgs
-from infra.providers import SuperLinkHealth, TrainingDispatch
-from infra.settings import (
+from infra.component import AggregatorArgs
+from infra.program import (
     decide,
     load_settings,
     provider_config,
     read_pulumi_config,
     secret_config_keys,
 )
+from infra.providers import SuperLinkHealth, TrainingDispatch
 
 
 def main() -> None:

@@ -5,13 +5,13 @@ on loopback (TLS, SuperNode authentication, ``127.0.3.0/24``, started once and r
 cell), the brief's CIFAR-10 CNN (``cifar_cnn``) on synthetic CIFAR-layout data
 (``fl/synth.py``), the real FL Initializer. In each cell (d, p) every client, after local
 training, sleeps ``d`` seconds with probability ``p`` (the run config's ``delay-s`` /
-``delay-prob``; the draw is ``fl.client_app.delay_drawn(seed, participant, round, p)``).
+``delay-prob``; the draw is ``fl.app.client_app.delay_drawn(seed, participant, round, p)``).
 
 What is measured, per cell:
 
 * ``flower_elapsed_s`` (the figure compared and plotted): Flower's own running time of the run,
   ``running-at`` to ``finished-at`` from ``flwr ls --format json``;
-* ``wall_s``: this process's clock around ``fl.initializer.start_training`` (adds submission,
+* ``wall_s``: this process's clock around ``fl.initializer.training.start_training`` (adds submission,
   FAB upload and the final status poll);
 * ``rounds_wall_s``: the ServerApp's per-round times (train + evaluate phases), summed.
 
@@ -60,13 +60,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fedcloud.env import quiet_flower_here
-from fedcloud.errors import TrainingError
-from fl.initializer import TrainingResult, start_training
-from fl.localfed import LocalFederation, local_federation
-from fl.runconfig import MODEL_CLASSES, RunConfig
-from fl.synth import generate
-from fl.task import build_model, model_bytes
+from fedcloud.core.errors import TrainingError
+from fedcloud.core.flower import quiet_flower_here
+from fedcloud.local.localfed import LocalFederation, local_federation
+from fedcloud.local.synth import generate
+from fl.app.runconfig import MODEL_CLASSES, RunConfig
+from fl.app.task import build_model, model_bytes
+from fl.initializer.training import TrainingResult, start_training
 
 log = logging.getLogger("delays")
 
@@ -144,7 +144,7 @@ def cell_seed(seed: int, delay_s: float) -> int:
 def expected_draws(seed: int, participants: Sequence[str], rounds: int,
                    prob: float) -> list[list[str]]:
     """Return, per round, the participants that must sleep (recomputed with the client's draw)."""
-    from fl.client_app import delay_drawn  # imports flwr: only once the env is quiet
+    from fl.app.client_app import delay_drawn  # imports flwr: only once the env is quiet
 
     return [[p for p in participants if delay_drawn(seed, p, r, prob)]
             for r in range(1, rounds + 1)]
@@ -238,7 +238,7 @@ def run_study(dep: LocalFederation, *, delays_s: Sequence[float], probs: Sequenc
         if got != want:
             raise TrainingError(
                 f"cell d={d:g} p={p:g}: clients slept in {got}, the seeded draw says {want}.",
-                "the ClientApp's delay draw must be fl.client_app.delay_drawn.")
+                "the ClientApp's delay draw must be fl.app.client_app.delay_drawn.")
         log.info("d=%g p=%.1f: %.1f s (drawn delay %.0f s)", d, p,
                  cell["flower_elapsed_s"], cell["drawn_delay_s"])
         cell["order"] = len(cells)

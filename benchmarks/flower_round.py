@@ -36,12 +36,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fedcloud.env import quiet_flower_here
-from fl.initializer import CONNECTION, start_training
-from fl.localfed import LocalFederation, local_federation
-from fl.runconfig import MODEL_CLASSES, RunConfig
-from fl.synth import generate
-from fl.task import build_model, model_bytes
+from fedcloud.core.flower import quiet_flower_here
+from fedcloud.local.localfed import LocalFederation, local_federation
+from fedcloud.local.synth import generate
+from fl.app.runconfig import MODEL_CLASSES, RunConfig
+from fl.app.task import build_model, model_bytes
+from fl.initializer.training import CONNECTION, start_training
 
 LINK_HOST = "127.0.2.101"
 

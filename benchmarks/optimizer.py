@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from fedcloud.config import from_mapping, load_stack
-from fedcloud.errors import PlanError
+from fedcloud.core.config import from_mapping, load_stack
+from fedcloud.core.errors import PlanError
 from optimizer import PlanRequest, plan
 from optimizer.catalog import CLOUDS, load_catalog
 from optimizer.front import hypervolume

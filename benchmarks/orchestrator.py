@@ -1,11 +1,11 @@
 """The brief's orchestrator experiment on real sshd VMs: orchestrator vs a random VM choice.
 
-Each participant has the brief's five VMs (``infra.emulated.brief_vms``: vm-001/vm-002 healthy,
+Each participant has the brief's five VMs (``fedcloud.local.emulated.brief_vms``: vm-001/vm-002 healthy,
 vm-003/vm-004 Inactive = no sshd, vm-005 Active but below the minimum spec and really too small
 to start a SuperNode). A *task* is one dispatch: every participant's SuperNode started over SSH
 and seen online by a real TLS SuperLink (node auth on) on loopback, then stopped.
 
-* ``orchestrator``: probe, filter, round-robin queue, retries (``fl.orchestrator``).
+* ``orchestrator``: probe, filter, round-robin queue, retries (``fl.orchestrator.orchestrator``).
 * ``random``: one VM chosen uniformly among the participant's five, one start, no retry
   (the same start code: ``Orchestrator.start_on``).
 * ``faulty``: every Active VM's ``flower-supernode`` fails each start with probability 0.2
@@ -34,11 +34,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedcloud.env import quiet_flower_here
-from fedcloud.participants import Location, Participant
-from fl.initializer import CONNECTION
-from fl.localfed import start_local_superlink
-from fl.orchestrator import (
+from fedcloud.core.flower import quiet_flower_here
+from fedcloud.core.participants import Location, Participant
+from fedcloud.local.emulated import EmulatedCloud, brief_vms
+from fedcloud.local.localfed import start_local_superlink
+from fl.initializer.superlink import SuperLinkProcess
+from fl.initializer.training import CONNECTION
+from fl.orchestrator.orchestrator import (
     NodeLaunch,
     Orchestrator,
     OrchestratorSettings,
@@ -46,9 +48,7 @@ from fl.orchestrator import (
     StartFailed,
     SuperLinkNodes,
 )
-from fl.ssh import ParamikoTransport
-from fl.superlink import SuperLinkProcess
-from infra.emulated import EmulatedCloud, brief_vms
+from fl.orchestrator.ssh import ParamikoTransport
 
 LINK_HOST = "127.0.1.253"
 FIRST_HOST = 60  # participants i uses 127.0.1.(60 + 5 i) .. +4

@@ -12,10 +12,10 @@ import difflib
 import importlib
 from typing import TYPE_CHECKING
 
-from fedcloud.errors import ConfigError
+from fedcloud.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from infra.common import AggregatorVmBase
+    from infra.component import AggregatorVmBase
 
 CLOUDS = ("aws", "gcp", "azure")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
-from infra.common import AggregatorArgs, AggregatorVmBase
+from infra.component import AggregatorArgs, AggregatorVmBase
 from infra.network import Rule
 
 # Canonical's AWS account: the owner of the official Ubuntu AMIs.

@@ -13,7 +13,7 @@ import base64
 import pulumi
 from pulumi_azure_native import compute, network, resources
 
-from infra.common import ADMIN_USER, AggregatorArgs, AggregatorVmBase
+from infra.component import ADMIN_USER, AggregatorArgs, AggregatorVmBase
 from infra.network import Rule
 
 UBUNTU_IMAGE = {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server",

@@ -3,7 +3,7 @@
 It holds no logic. It writes the TLS material and a systemd unit, creates a venv with the
 project's pinned Flower (and the ServerApp's Python dependencies, because the SuperLink runs with
 ``--disable-runtime-dependency-installation``), and starts the SuperLink. The unit's command line
-is :func:`fl.superlink.superlink_argv`, the same function the local stack uses: TLS, SuperNode
+is :func:`fl.initializer.superlink.superlink_argv`, the same function the local stack uses: TLS, SuperNode
 authentication, ``--database`` and no runtime dependency installation. Telemetry and the update
 check are switched off for the unit and for every login shell on the VM.
 
@@ -23,16 +23,16 @@ from typing import Any
 
 import yaml
 
-from fedcloud.config import ROOT
-from fedcloud.env import FLOWER_QUIET_ENV
-from fl.superlink import SUPERLINK_PORT, superlink_argv
+from fedcloud.core.config import ROOT
+from fedcloud.core.flower import FLOWER_QUIET_ENV
+from fl.initializer.superlink import SUPERLINK_PORT, superlink_argv
 
 VENV = "/opt/fedcloud/venv"
 TLS_DIR = "/etc/fedcloud/tls"
 ENV_FILE = "/etc/fedcloud/flower.env"
 STATE_DIR = "/var/lib/fedcloud"
 # The ServerApp's embedded model store on the VM (give it to the run config). The operator's SSH
-# user sees it as ~/fedcloud-state/registry, where fl.registry_sync.pull_store fetches it from.
+# user sees it as ~/fedcloud-state/registry, where fl.registry.sync.pull_store fetches it from.
 AGGREGATOR_REGISTRY_DIR = f"{STATE_DIR}/registry"
 OPERATOR_STATE_LINK = "fedcloud-state"
 SERVICE = "fedcloud-superlink.service"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_gcp as gcp
 
-from infra.common import ADMIN_USER, AggregatorArgs, AggregatorVmBase, gcp_labels
+from infra.component import ADMIN_USER, AggregatorArgs, AggregatorVmBase, gcp_labels
 from infra.network import Rule
 
 UBUNTU_PROJECT = "ubuntu-os-cloud"

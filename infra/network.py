@@ -15,9 +15,9 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fedcloud.errors import ConfigError
-from fedcloud.participants import Participant
-from fl.superlink import SUPERLINK_PORT
+from fedcloud.core.errors import ConfigError
+from fedcloud.core.participants import Participant
+from fl.initializer.superlink import SUPERLINK_PORT
 
 SSH_PORT = 22
 WORLD = "0.0.0.0/0"

@@ -9,7 +9,7 @@ Each provider only adapts Pulumi's create/diff/update/delete calls to plain func
 * Secrets reach ``create`` as plaintext; the resources list their secret outputs in
   ``additional_secret_outputs`` (see :data:`CERT_SECRET_OUTPUTS`), and the program also wraps them
   with ``pulumi.Output.secret``.
-* Heavy imports (``fl.orchestrator``, ``fl.initializer``, ``fl.registry``) happen inside the
+* Heavy imports (``fl.orchestrator.orchestrator``, ``fl.initializer.training``, ``fl.registry.store``) happen inside the
   methods: this module imports cleanly and fast, with nothing done at import time.
 """
 
@@ -27,8 +27,8 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
-from fedcloud.errors import FedcloudError, TrainingError
-from fl.certs import ensure_deployment_certs, write_atomic
+from fedcloud.core.errors import FedcloudError, TrainingError
+from fl.initializer.certs import ensure_deployment_certs, write_atomic
 
 HEALTH_TIMEOUT_S = 900.0  # first boot: apt, venv, torch CPU wheel, flwr, mlflow
 HEALTH_POLL_S = 10.0
@@ -80,7 +80,7 @@ def host_key_fingerprint(public_line: str) -> str:
 def issue_certs(props: Mapping[str, Any], olds: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Issue (or, given a previous state, reuse and extend) the stack's TLS material.
 
-    Calls :func:`fl.certs.ensure_deployment_certs` in a private temporary directory: the CA and
+    Calls :func:`fl.initializer.certs.ensure_deployment_certs` in a private temporary directory: the CA and
     node keys of ``olds`` are kept (same key = same node id), the server certificate is reissued
     when its SANs no longer cover ``props["sans"]``.
 
@@ -145,10 +145,10 @@ class DeploymentCertsProvider(ResourceProvider):
 
 
 def materialize_certs(cert_dir: Path, outs: Mapping[str, Any]) -> None:
-    """Write the certificate resource's outputs to ``cert_dir`` in ``fl.certs``'s layout.
+    """Write the certificate resource's outputs to ``cert_dir`` in ``fl.initializer.certs``'s layout.
 
     The operator-side code (``flwr`` CLI, the orchestrator) then finds them where the local stack
-    keeps its own (``<stateDir>/certs``), and :func:`fl.certs.ensure_deployment_certs` reuses them.
+    keeps its own (``<stateDir>/certs``), and :func:`fl.initializer.certs.ensure_deployment_certs` reuses them.
     """
     _restore(cert_dir, outs)
 
@@ -167,7 +167,7 @@ def wait_healthy(address: str, ca_cert_pem: str, timeout_s: float = HEALTH_TIMEO
         ca_cert_pem: The stack's CA certificate (PEM text).
         timeout_s: Give up after this long.
         poll_s: Pause between probes.
-        probe: ``(address, ca_path) -> bool``; default :func:`fl.superlink.health_ok`.
+        probe: ``(address, ca_path) -> bool``; default :func:`fl.initializer.superlink.health_ok`.
         sleep: Injected for tests.
         clock: Injected for tests.
 
@@ -178,7 +178,7 @@ def wait_healthy(address: str, ca_cert_pem: str, timeout_s: float = HEALTH_TIMEO
         TrainingError: Not healthy within ``timeout_s`` (with what to check).
     """
     if probe is None:
-        from fl.superlink import health_ok
+        from fl.initializer.superlink import health_ok
 
         def probe(addr: str, ca: str) -> bool:
             return health_ok(addr, ca)
@@ -229,7 +229,7 @@ DISPATCH_INPUTS = ("stack", "config", "superlink_address", "ca_cert")
 def run_dispatch(props: Mapping[str, Any]) -> dict[str, Any]:
     """Dispatch the participants' SuperNodes, then run and follow the training to its end.
 
-    The same function as the local stack, :func:`fl.pipeline.run_federation`: register the node
+    The same function as the local stack, :func:`fedcloud.federation.run_federation`: register the node
     keys, dispatch a SuperNode per participant round-robin with retries, run the training while
     the orchestrator's watcher re-dispatches nodes that die, then stop the SuperNodes. The
     ServerApp on the VM records rounds into the VM's own store
@@ -248,13 +248,13 @@ def run_dispatch(props: Mapping[str, Any]) -> dict[str, Any]:
             be submitted or did not complete (``TrainingError``, with Flower's detail), so that
             the next ``pulumi up`` tries again.
     """
-    from fedcloud.config import from_mapping
-    from fedcloud.participants import parse_participants
-    from fl.orchestrator import load_settings
-    from fl.pipeline import participants_output, run_federation, training_output
-    from fl.registry import stack_store
-    from fl.settings import load_training
-    from fl.ssh import ParamikoTransport
+    from fedcloud.core.config import from_mapping
+    from fedcloud.core.participants import parse_participants
+    from fedcloud.core.training import load_training
+    from fedcloud.federation import participants_output, run_federation, training_output
+    from fl.orchestrator.orchestrator import load_settings
+    from fl.orchestrator.ssh import ParamikoTransport
+    from fl.registry.store import stack_store
     from infra.cloudinit import AGGREGATOR_REGISTRY_DIR
 
     raw = from_mapping(str(props["stack"]), "pulumi config", json.loads(props["config"]))
@@ -295,11 +295,11 @@ def pull_registry(props: Mapping[str, Any]) -> None:
     Raises:
         FedcloudError: Connection, transfer or import failed (``RegistryError``/``SshError``).
     """
-    from fedcloud.config import from_mapping
-    from fedcloud.participants import VmSpec
-    from fl.registry import stack_store
-    from fl.registry_sync import AGGREGATOR_STORE_DIR, pull_store
-    from fl.ssh import ParamikoTransport
+    from fedcloud.core.config import from_mapping
+    from fedcloud.core.participants import VmSpec
+    from fl.orchestrator.ssh import ParamikoTransport
+    from fl.registry.store import stack_store
+    from fl.registry.sync import AGGREGATOR_STORE_DIR, pull_store
 
     raw = from_mapping(str(props["stack"]), "pulumi config", json.loads(props["config"]))
     vm = VmSpec(id="aggregator", host=str(props["public_ip"]),

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedcloud.participants import Location, Participant
+from fedcloud.core.participants import Location, Participant
 from optimizer.catalog import Catalog, load_catalog
 
 EARTH_RADIUS_KM = 6371.0

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedcloud.errors import PlanError
+from fedcloud.core.errors import PlanError
 from optimizer.catalog import Catalog, load_catalog
 from optimizer.cost import egress_usd
 from optimizer.front import pareto_front, pick

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedcloud.errors import PlanError
+from fedcloud.core.errors import PlanError
 from optimizer.result import PlanResult
 
 

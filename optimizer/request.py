@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fedcloud.config import ConfigView, RawConfig, project_defaults
-from fedcloud.errors import CatalogError, ConfigError
-from fedcloud.participants import Participant, parse_participants
+from fedcloud.core.config import ConfigView, RawConfig, project_defaults
+from fedcloud.core.errors import CatalogError, ConfigError
+from fedcloud.core.participants import Participant, parse_participants
 from optimizer import catalog
 from optimizer.catalog import CLOUDS, load_catalog
 from optimizer.catalog.common import did_you_mean

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedcloud.errors import PlanError
+from fedcloud.core.errors import PlanError
 from optimizer import cost, latency
 from optimizer.catalog import Catalog, VmRow, load_catalog
 from optimizer.request import Placement, PlanRequest

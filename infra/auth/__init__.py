@@ -25,8 +25,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from fedcloud.config import ROOT, ConfigView, RawConfig, project_defaults
-from fedcloud.errors import AuthError
+from fedcloud.core.config import ROOT, ConfigView, RawConfig, project_defaults
+from fedcloud.core.errors import AuthError
 from infra.auth import aws, azure, gcp
 from infra.auth.base import AuthSettings, ConfigEntry, Endpoints, Identity
 

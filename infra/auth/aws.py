@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedcloud.errors import AuthError
+from fedcloud.core.errors import AuthError
 from infra.auth.base import AuthSettings, ConfigEntry, Identity, check_url, read_text
 
 CLOUD = "aws"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from fedcloud.errors import AuthError
+from fedcloud.core.errors import AuthError
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedcloud.errors import AuthError
+from fedcloud.core.errors import AuthError
 from infra.auth.base import AuthSettings, ConfigEntry, Identity, check_url, read_text
 
 CLOUD = "gcp"

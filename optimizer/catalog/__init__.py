@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from fedcloud.errors import CatalogError
+from fedcloud.core.errors import CatalogError
 from optimizer.catalog.common import (
     CATALOG_DIR,
     CLOUDS,

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedcloud.errors import CatalogError
+from fedcloud.core.errors import CatalogError
 
 CATALOG_DIR = Path(__file__).resolve().parent
 CLOUDS: tuple[str, ...] = ("aws", "gcp", "azure")

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fedcloud.errors import FedcloudError
+from fedcloud.core.errors import FedcloudError
 from optimizer.catalog import cloud_module
 from optimizer.catalog.common import (
     CATALOG_DIR,

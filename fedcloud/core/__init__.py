@@ -1,0 +1,1 @@
+"""The stack read once, errors, participants, files and process helpers every part shares."""

@@ -1,0 +1,1 @@
+"""The Flower app: exactly what ships to every participant in the FAB."""

@@ -1,0 +1,152 @@
+"""The Flower run config of the fedcloud app: one typed record, its Flower keys, its validation.
+
+This module travels inside the FAB (see ``fl/bundle.py``), so it imports nothing from the project
+outside the app. The stack side (``fl/settings.py``) builds a :class:`RunConfig`; the ServerApp
+reads it back from ``context.run_config`` with :meth:`RunConfig.from_flower`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass
+from typing import Any
+
+# Classes per model's dataset (covid: Covid / Normal / Viral Pneumonia; CIFAR-10).
+MODEL_CLASSES: dict[str, int] = {"covid_cnn": 3, "cifar_cnn": 10}
+# Models whose input size is fixed by their architecture.
+MODEL_FIXED_IMAGE_SIZE: dict[str, int] = {"cifar_cnn": 32}
+
+# Log line marks: the ServerApp prints "FEDCLOUD_ROUND {json}" after every round and
+# "FEDCLOUD_STATUS {json}" at the end; the FL Initializer reads them from the streamed run log.
+ROUND_MARK = "FEDCLOUD_ROUND"
+STATUS_MARK = "FEDCLOUD_STATUS"
+
+# Node config keys (``flower-supernode --node-config``) the ClientApp reads.
+NODE_DATA_DIR = "data-dir"
+NODE_PARTICIPANT = "participant"
+NODE_TORCH_THREADS = "torch-threads"
+
+# Python field -> Flower run config key (the keys declared in the app's pyproject.toml).
+FLOWER_KEYS: dict[str, str] = {
+    "model": "model",
+    "width": "width",
+    "image_size": "image-size",
+    "num_classes": "num-classes",
+    "rounds": "num-server-rounds",
+    "local_epochs": "local-epochs",
+    "batch_size": "batch-size",
+    "learning_rate": "learning-rate",
+    "fraction_train": "fraction-train",
+    "min_nodes": "min-nodes",
+    "phase_timeout_s": "phase-timeout-s",
+    "node_wait_s": "node-wait-s",
+    "seed": "seed",
+    "delay_prob": "delay-prob",
+    "delay_s": "delay-s",
+    "tracking_uri": "tracking-uri",
+    "experiment": "experiment",
+    "run_name": "run-name",
+    "stack": "stack",
+}
+
+
+class RunConfigError(ValueError):
+    """A run config value is missing or invalid (the message names the Flower key)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs, as the ServerApp and ClientApp see it.
+
+    ``delay_prob``/``delay_s`` reproduce the communication-delay study: after local training
+    each client sleeps ``delay_s`` seconds with probability ``delay_prob``.
+    ``tracking_uri`` empty means: record the rounds nowhere but the run log.
+    """
+
+    model: str
+    width: int
+    image_size: int
+    num_classes: int
+    rounds: int
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    fraction_train: float
+    min_nodes: int
+    phase_timeout_s: float
+    node_wait_s: float
+    seed: int
+    delay_prob: float = 0.0
+    delay_s: float = 0.0
+    tracking_uri: str = ""
+    experiment: str = "fedcloud"
+    run_name: str = ""
+    stack: str = ""
+
+    def model_spec(self) -> dict[str, Any]:
+        """Return the model spec ``fl.app.task.build_model`` takes (also recorded as run params)."""
+        return {"model": self.model, "width": self.width, "image_size": self.image_size,
+                "num_classes": self.num_classes}
+
+    def to_flower(self) -> dict[str, str | int | float | bool]:
+        """Return the Flower run config mapping (hyphenated keys)."""
+        return {FLOWER_KEYS[k]: v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_flower(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Read and validate a Flower run config (``context.run_config``).
+
+        Raises:
+            RunConfigError: A key is missing, has the wrong type, or is out of range.
+        """
+        fields = cls.__dataclass_fields__
+        kwargs: dict[str, Any] = {}
+        for name, key in FLOWER_KEYS.items():
+            if key not in values:
+                if fields[name].default is not MISSING:
+                    continue
+                raise RunConfigError(f"run config key '{key}' is missing")
+            value = values[key]
+            kind = fields[name].type
+            try:
+                if kind == "int":
+                    if isinstance(value, bool) or int(value) != value:
+                        raise TypeError
+                    value = int(value)
+                elif kind == "float":
+                    if isinstance(value, bool):
+                        raise TypeError
+                    value = float(value)
+                elif kind == "str" and not isinstance(value, str):
+                    raise TypeError
+            except (TypeError, ValueError):
+                raise RunConfigError(
+                    f"run config key '{key}' must be {kind}, got {value!r}") from None
+            kwargs[name] = value
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Check ranges and combinations.
+
+        Raises:
+            RunConfigError: The first problem found, naming the Flower key.
+        """
+        if self.model not in MODEL_CLASSES:
+            raise RunConfigError(f"run config key 'model' is '{self.model}'; use one of "
+                                 f"{sorted(MODEL_CLASSES)}")
+        if self.num_classes != MODEL_CLASSES[self.model]:
+            raise RunConfigError(f"run config key 'num-classes' is {self.num_classes}; "
+                                 f"{self.model} has {MODEL_CLASSES[self.model]}")
+        checks = [
+            ("width", self.width >= 1), ("image-size", self.image_size >= 8),
+            ("num-server-rounds", self.rounds >= 1), ("local-epochs", self.local_epochs >= 1),
+            ("batch-size", self.batch_size >= 1), ("learning-rate", self.learning_rate > 0),
+            ("fraction-train", 0 < self.fraction_train <= 1), ("min-nodes", self.min_nodes >= 1),
+            ("phase-timeout-s", self.phase_timeout_s > 0), ("node-wait-s", self.node_wait_s >= 0),
+            ("delay-prob", 0 <= self.delay_prob <= 1), ("delay-s", self.delay_s >= 0),
+        ]
+        for key, ok in checks:
+            if not ok:
+                raise RunConfigError(f"run config key '{key}' is out of range")

@@ -1,0 +1,255 @@
+"""The Flower SuperLink: its command line (what the cloud bootstrap runs) and a local process.
+
+Flower 1.41 serves everything on ONE port: the Fleet API (SuperNodes), the Control API (``flwr
+run/ls/stop``, ``flwr supernode register``) and ``GET /health``. The Control API has no
+authentication in open-source Flower, so the port must be firewalled to the participants' and the
+operator's addresses (``infra/`` does that).
+
+Secure by default: TLS with the deployment's server certificate, SuperNode authentication on, a
+``--database`` file (so nodes keep their ids across a SuperLink restart) and no runtime
+dependency installation (the SuperLink would otherwise ``uv sync`` each run's dependencies from
+the internet). ``insecure=True`` exists only as an explicit, logged development switch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import socket
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from fedcloud.core.errors import TrainingError
+from fedcloud.core.flower import flower_env
+from fedcloud.core.procs import ManagedProcess, spawn
+
+log = logging.getLogger(__name__)
+
+SUPERLINK_PORT = 8000
+HEALTH_TIMEOUT_S = 60.0
+HEALTH_POLL_S = 0.25
+PROBE_TIMEOUT_S = 2.0
+
+
+def superlink_argv(
+    *,
+    database: str | Path,
+    ca_cert: str | Path | None,
+    server_cert: str | Path | None,
+    server_key: str | Path | None,
+    host: str = "0.0.0.0",
+    port: int = SUPERLINK_PORT,
+    node_auth: bool = True,
+    insecure: bool = False,
+    executable: str = "flower-superlink",
+    log_file: str | Path | None = None,
+) -> list[str]:
+    """Return the ``flower-superlink`` command line (a pure function).
+
+    The cloud bootstrap runs exactly this list (with ``host="0.0.0.0"``); the local process uses
+    the aggregator's loopback address.
+
+    Args:
+        database: SQLite state file (``--database``): nodes keep their ids across restarts.
+        ca_cert: The deployment CA certificate (PEM).
+        server_cert: The SuperLink's server certificate (PEM), SAN incl. 127.0.0.1.
+        server_key: Its private key (PEM).
+        host: Address to bind.
+        port: The single SuperLink port.
+        node_auth: Accept only registered SuperNode keys (requires TLS).
+        insecure: Development only: plain HTTP, no node authentication.
+        executable: The ``flower-superlink`` program (absolute path of a venv's script, or a name
+            on PATH).
+        log_file: Optional log file (Flower rotates it).
+
+    Returns:
+        The argument vector.
+
+    Raises:
+        TrainingError: TLS material is missing while ``insecure`` is false, or node
+            authentication is asked for without TLS.
+    """
+    argv = [executable, "--host", host, "--port", str(port), "--database", str(database),
+            "--disable-runtime-dependency-installation"]
+    if insecure:
+        if node_auth:
+            raise TrainingError(
+                "SuperNode authentication needs TLS, but the SuperLink was asked to run insecure.",
+                "drop the insecure development flag, or turn node authentication off with it.",
+            )
+        argv.append("--insecure")
+    else:
+        if not (ca_cert and server_cert and server_key):
+            raise TrainingError(
+                "the SuperLink needs the CA certificate, its server certificate and key for TLS.",
+                "generate them with fl.initializer.certs.ensure_deployment_certs(...) and pass their paths.",
+            )
+        argv += ["--ssl-ca-certfile", str(ca_cert), "--ssl-certfile", str(server_cert),
+                 "--ssl-keyfile", str(server_key)]
+        if node_auth:
+            argv.append("--enable-supernode-auth")
+    if log_file is not None:
+        argv += ["--log-file", str(log_file)]
+    return argv
+
+
+def venv_bin_env(executable: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return ``flower_env()`` with the executable's directory first on PATH.
+
+    The SuperLink launches ``flower-superexec`` and the SuperNode ``flwr-clientapp`` by name,
+    so the venv holding them must be on PATH.
+    """
+    env = flower_env(extra)
+    exe_dir = os.path.dirname(executable)
+    if exe_dir:
+        env["PATH"] = exe_dir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def health_ok(address: str, ca_cert: str | Path | None,
+              timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Return whether ``GET https://ADDRESS/health`` answers 200 (verifying TLS with ``ca_cert``).
+
+    Args:
+        address: ``host:port``.
+        ca_cert: CA to verify the server with; ``None`` probes plain HTTP (insecure mode).
+        timeout_s: Socket timeout.
+    """
+    if ca_cert is None:
+        url, ctx = f"http://{address}/health", None
+    else:
+        url, ctx = f"https://{address}/health", ssl.create_default_context(cafile=str(ca_cert))
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s, context=ctx) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError, ssl.SSLError):
+        return False
+
+
+@dataclass
+class SuperLinkProcess:
+    """A SuperLink started by this process; stop it with :meth:`stop` or a ``with`` block.
+
+    Attributes:
+        address: ``host:port`` clients connect to.
+        ca_cert: The CA certificate the clients trust (``None`` when insecure).
+        process: The process group (argv, log path).
+    """
+
+    address: str
+    ca_cert: Path | None
+    process: ManagedProcess
+
+    @property
+    def argv(self) -> list[str]:
+        """The command line used."""
+        return self.process.argv
+
+    @property
+    def log_path(self) -> Path:
+        """The SuperLink's log file."""
+        return self.process.log_path
+
+    def alive(self) -> bool:
+        """Return whether the process is still running."""
+        return self.process.alive()
+
+    def stop(self) -> int | None:
+        """Stop the SuperLink and everything it started (its process group)."""
+        return self.process.stop()
+
+    def __enter__(self) -> SuperLinkProcess:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def start_superlink(
+    state_dir: Path,
+    *,
+    host: str,
+    port: int,
+    ca_cert: Path | None,
+    server_cert: Path | None,
+    server_key: Path | None,
+    node_auth: bool = True,
+    insecure: bool = False,
+    executable: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    health_timeout_s: float = HEALTH_TIMEOUT_S,
+) -> SuperLinkProcess:
+    """Start a local SuperLink (its own process group) and wait until ``/health`` answers.
+
+    Args:
+        state_dir: Directory for ``superlink.db``, ``superlink.log`` and its ``FLWR_HOME``.
+        host: Loopback address to bind (each emulated host has its own).
+        port: Port to bind (pick a free one: other users share the machine).
+        ca_cert: Deployment CA certificate.
+        server_cert: Server certificate (SAN must include ``host``).
+        server_key: Server key.
+        node_auth: Enable SuperNode authentication.
+        insecure: Development only (logged).
+        executable: ``flower-superlink`` path; default: the one next to this Python.
+        extra_env: Extra environment variables.
+        health_timeout_s: How long to wait for ``/health``.
+
+    Returns:
+        The running SuperLink.
+
+    Raises:
+        TrainingError: It exited or did not become healthy in time (with its log tail).
+    """
+    if insecure:
+        log.warning("starting the SuperLink INSECURE (development flag): no TLS, no node auth")
+    exe = executable or default_executable("flower-superlink")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    argv = superlink_argv(database=state_dir / "superlink.db", ca_cert=ca_cert,
+                          server_cert=server_cert, server_key=server_key, host=host, port=port,
+                          node_auth=node_auth and not insecure, insecure=insecure, executable=exe)
+    log_path = state_dir / "superlink.log"
+    env = venv_bin_env(exe, {"FLWR_HOME": str(state_dir / "flwr-home"), **(extra_env or {})})
+    process = spawn(argv, env, log_path, cwd=state_dir)
+    link = SuperLinkProcess(address=f"{host}:{port}", ca_cert=None if insecure else ca_cert,
+                            process=process)
+    deadline = time.monotonic() + health_timeout_s
+    while time.monotonic() < deadline:
+        if not link.alive():
+            link.stop()
+            raise TrainingError(
+                f"the SuperLink exited with code {process.proc.returncode} at start "
+                f"({shlex.join(argv)}). Log tail:\n{process.log_tail()}",
+                f"read {log_path}; a busy port means another process holds {host}:{port}.",
+            )
+        if health_ok(link.address, link.ca_cert):
+            return link
+        time.sleep(HEALTH_POLL_S)
+    link.stop()
+    raise TrainingError(
+        f"the SuperLink at {link.address} did not answer /health within {health_timeout_s:.0f} s."
+        f" Log tail:\n{process.log_tail()}",
+        f"read {log_path}; check that the server certificate's SAN includes {host}.",
+    )
+
+
+def default_executable(name: str) -> str:
+    """Return the path of a Flower console script installed next to this Python interpreter."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def free_port(host: str) -> int:
+    """Return a port that is free on ``host`` right now (bind port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+

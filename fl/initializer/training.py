@@ -1,0 +1,249 @@
+"""The Federated Learning Initializer: connect, register the participants' keys, run, report.
+
+Given the SuperLink's address, the deployment CA, the participants' node public keys and the run
+config, :func:`start_training`:
+
+1. writes the ``flwr`` connection under the project's own ``FLWR_HOME`` (``<state>/flwr-home``);
+2. registers each participant's node key (``flwr supernode register``; idempotent across calls:
+   node ids are remembered in ``<state>/flwr-home/nodes.json``);
+3. stages the app (``fl/bundle.py``: the model code travels in the FAB) and submits it with the
+   run config (``flwr run APP CONNECTION --run-config ... --stream``);
+4. follows the streamed log, collecting the ServerApp's ``FEDCLOUD_ROUND`` lines (per-round
+   metrics) and its final ``FEDCLOUD_STATUS``; stops the run if it outlives its bound;
+5. returns run id, final status and per-round metrics, with Flower's own status and traffic
+   figures from ``flwr ls --format json``.
+
+The SuperNodes themselves are started by the orchestrator (``fl/supernode.py`` over SSH); the
+ServerApp waits at most ``node-wait-s`` for them, so the order of the two does not matter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedcloud.core.errors import TrainingError
+from fedcloud.core.training import config_args
+from fl.app.runconfig import ROUND_MARK, STATUS_MARK, RunConfig
+from fl.initializer.bundle import stage_app
+from fl.initializer.certs import write_atomic
+from fl.initializer.flwr_cli import FlwrCli, RunInfo
+
+log = logging.getLogger(__name__)
+
+CONNECTION = "fedcloud"
+# Slack on top of the ServerApp's own bounds (process start-up, FAB install, torch import).
+RUN_SLACK_S = 180.0
+STATUS_POLL_S = 2.0
+FINAL_STATUS_WAIT_S = 30.0
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What one training run produced.
+
+    Attributes:
+        run_id: Flower's run id.
+        status: ``COMPLETED``, ``NODES_LOST`` (fewer than min-nodes participants),
+            ``FAILED`` (see ``detail``), ``TIMED_OUT`` (stopped by the initializer after
+            ``timeout_s``) or ``STOPPED`` (stopped from outside).
+        detail: Human-readable reason or summary.
+        flower_status: Flower's status (``finished:completed`` ...).
+        rounds: One dict per completed round: ``round``, ``metrics`` (the five METRICS),
+            ``per_client``, ``confusion``, ``max_client_train_s``, ``dropped_nodes`` ...
+        store_run_id: The Model Manager's run id (``None`` without a tracking URI).
+        node_ids: Participant -> Flower node id (``None`` if registered by an earlier session
+            whose id was not recorded).
+        elapsed_s: Flower's running time of the run.
+        network_bytes: Bytes in + out of the SuperLink for this run (``flwr ls``).
+        log_lines: The streamed run log.
+    """
+
+    run_id: int
+    status: str
+    detail: str
+    flower_status: str
+    rounds: list[dict[str, Any]]
+    store_run_id: str | None
+    node_ids: dict[str, int | None]
+    elapsed_s: float
+    network_bytes: int
+    log_lines: list[str] = field(repr=False, default_factory=list)
+
+
+def parse_marked(lines: list[str], mark: str) -> list[dict[str, Any]]:
+    """Return the JSON documents that follow ``mark`` in log lines (malformed ones skipped)."""
+    out = []
+    for line in lines:
+        pos = line.find(mark + " ")
+        if pos < 0:
+            continue
+        try:
+            doc = json.loads(line[pos + len(mark) + 1:])
+        except json.JSONDecodeError:
+            continue
+        if isinstance(doc, dict):
+            out.append(doc)
+    return out
+
+
+def run_bound_s(cfg: RunConfig) -> float:
+    """Longest a run may take before the initializer stops it.
+
+    Each round has two phases, each waiting at most ``node-wait-s`` for nodes and
+    ``phase-timeout-s`` for replies; :data:`RUN_SLACK_S` covers start-up.
+    """
+    return cfg.rounds * 2 * (cfg.node_wait_s + cfg.phase_timeout_s) + RUN_SLACK_S
+
+
+def _nodes_file(cli: FlwrCli) -> Path:
+    return cli.home / "nodes.json"
+
+
+def register_nodes(cli: FlwrCli, connection: str, address: str,
+                   node_keys: Mapping[str, Path]) -> dict[str, int | None]:
+    """Register each participant's public key once; return participant -> node id.
+
+    Raises:
+        TrainingError: A key file is missing, the SuperLink refused a key for another reason
+            than already knowing it, or it knows a key whose node id was not recorded here.
+    """
+    path = _nodes_file(cli)
+    try:
+        known: dict[str, int] = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        known = {}
+    out: dict[str, int | None] = {}
+    for participant, key_path in node_keys.items():
+        key_path = Path(key_path)
+        if not key_path.exists():
+            raise TrainingError(f"node public key {key_path} of participant '{participant}' "
+                                "does not exist.", "generate it with fl.initializer.certs.make_node_key.")
+        # Keyed by the key alone: what knows a key is the SuperLink's database, which outlives
+        # its address (the local stack's SuperLink restarts on a new port with the same file).
+        key_id = key_path.read_text(encoding="ascii").split()[1]
+        try:
+            out[participant] = cli.register_node(key_path, connection)
+        except TrainingError as exc:
+            if "already in use" not in str(exc):
+                raise
+            if key_id not in known:
+                raise TrainingError(
+                    f"the SuperLink at {address} already knows the node key of "
+                    f"'{participant}' ({key_path}), but its node id is not recorded in {path}.",
+                    "unregister the node (flwr supernode unregister NODE_ID) or start the "
+                    "SuperLink with a fresh --database file.") from None
+            out[participant] = known[key_id]
+            log.info("node key of %s was already registered (node %s)", participant,
+                     out[participant])
+        if out[participant] is not None:
+            known[key_id] = int(out[participant])  # type: ignore[arg-type]
+    cli.home.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(known, indent=1).encode(), 0o600)
+    return out
+
+
+def _final_status(rounds: list[dict[str, Any]], marks: list[dict[str, Any]], info: RunInfo,
+                  timed_out: bool) -> tuple[str, str]:
+    if timed_out:
+        return "TIMED_OUT", f"stopped by the initializer after {len(rounds)} round(s)"
+    if marks:
+        return str(marks[-1].get("status", "FAILED")), str(marks[-1].get("detail", ""))
+    if info.status == "finished:completed":
+        return "COMPLETED", f"{len(rounds)} round(s)"
+    if info.status == "finished:stopped":
+        return "STOPPED", info.details or "stopped"
+    return "FAILED", info.details or info.status
+
+
+def start_training(
+    *,
+    superlink: str,
+    ca_cert: Path | None,
+    node_keys: Mapping[str, Path],
+    run_config: RunConfig,
+    state_dir: Path,
+    insecure: bool = False,
+    timeout_s: float | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    on_line: Callable[[str], None] | None = None,
+    cli: FlwrCli | None = None,
+) -> TrainingResult:
+    """Connect to the SuperLink, register the node keys, run the app and follow it to the end.
+
+    Args:
+        superlink: The SuperLink's ``host:port`` (a SAN of its certificate).
+        ca_cert: The deployment CA certificate.
+        node_keys: Participant name -> its node's public key file (OpenSSH, ECDSA P-384).
+            Empty when node authentication is off (insecure development mode).
+        run_config: The run's config (``fedcloud.core.training.TrainingSettings.run_config``).
+        state_dir: The stack's state directory (``flwr-home/`` and ``app/`` go there).
+        insecure: Development only: plain HTTP (logged).
+        timeout_s: Stop the run after this long; default :func:`run_bound_s`.
+        on_round: Called with each round's dict as it arrives.
+        on_line: Called with every streamed log line.
+        cli: The ``flwr`` wrapper (default: one on ``<state_dir>/flwr-home``).
+
+    Returns:
+        The run's id, final status, per-round metrics and traffic.
+
+    Raises:
+        TrainingError: The connection, a registration or the submission failed (a failed
+            *run* is a result with status ``FAILED``/``NODES_LOST``, not an exception).
+    """
+    state_dir = Path(state_dir)
+    cli = cli or FlwrCli(state_dir / "flwr-home")
+    cli.write_connection(CONNECTION, superlink, ca_cert, insecure=insecure)
+    node_ids = register_nodes(cli, CONNECTION, superlink, node_keys) if node_keys else {}
+    app_dir = stage_app(state_dir / "app", run_config)
+    rounds: list[dict[str, Any]] = []
+
+    def follow(line: str) -> None:
+        if on_line is not None:
+            on_line(line)
+        if ROUND_MARK in line:
+            docs = parse_marked([line], ROUND_MARK)
+            rounds.extend(docs)
+            if on_round is not None:
+                for doc in docs:
+                    on_round(doc)
+
+    stream = cli.run(app_dir, CONNECTION, config_args(run_config.to_flower()), on_line=follow)
+    bound = timeout_s if timeout_s is not None else run_bound_s(run_config)
+    deadline = time.monotonic() + bound
+    log.info("flower run %s submitted; bound %.0f s", stream.run_id, bound)
+    timed_out = not stream.wait(bound)
+    # The stream ends with the run; if it broke early (connection lost), keep polling the
+    # status until the run finishes or the bound is reached.
+    info = cli.run_info(CONNECTION, stream.run_id)
+    grace = time.monotonic() + FINAL_STATUS_WAIT_S
+    while not timed_out and not info.finished:
+        if time.monotonic() >= max(deadline, grace):
+            timed_out = True
+            break
+        time.sleep(STATUS_POLL_S)
+        info = cli.run_info(CONNECTION, stream.run_id)
+    if timed_out:
+        log.warning("run %s exceeded %.0f s; stopping it", stream.run_id, bound)
+        try:
+            cli.stop_run(stream.run_id, CONNECTION)
+        except TrainingError as exc:  # it may have finished in the meantime
+            log.warning("stopping run %s: %s", stream.run_id, exc)
+        finally:
+            stream.close()
+        info = cli.run_info(CONNECTION, stream.run_id)
+    marks = parse_marked(list(stream.lines), STATUS_MARK)
+    status, detail = _final_status(rounds, marks, info, timed_out)
+    store_run_id = marks[-1].get("store_run_id") if marks else None
+    return TrainingResult(
+        run_id=stream.run_id, status=status, detail=detail, flower_status=info.status,
+        rounds=list(rounds), store_run_id=str(store_run_id) if store_run_id else None,
+        node_ids=node_ids, elapsed_s=info.elapsed_s,
+        network_bytes=info.inbound_bytes + info.outbound_bytes,
+        log_lines=list(stream.lines),
+    )

@@ -1,0 +1,1 @@
+"""Model Manager: read the round store, recommend the best model, download, sync and plot."""

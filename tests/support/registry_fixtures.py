@@ -1,0 +1,30 @@
+"""Test helpers for the Model Manager: fresh MLflow stores without paying for migrations.
+
+Creating an MLflow SQLite database runs every schema migration (5-12 s on the shared machine);
+an empty database is created once per test process and copied for each new store.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
+from fl.registry.store import DB_FILE, open_store
+
+
+@functools.cache
+def _template_db() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="fedcloud-mlflow-template-"))
+    atexit.register(shutil.rmtree, root, True)
+    open_store(str(root), "fedcloud-template").experiment_id(create=True)
+    return root / DB_FILE
+
+
+def fresh_store_dir(directory: Path) -> str:
+    """Seed ``directory`` with an empty, migrated store database; return it as a location."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_template_db(), directory / DB_FILE)
+    return str(directory)
