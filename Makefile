@@ -21,13 +21,24 @@ $(STAMP): pyproject.toml overrides.txt
 		--override overrides.txt -e '.[dev]'
 	touch $(STAMP)
 
-# OpenSSH's sshd emulates the participants' private VMs in the tests and the local stack.
+# Debian packages the tests use: OpenSSH's sshd emulates the participants' private VMs;
+# cloud-init checks the aggregator's user data against its schema (its services are disabled
+# first, so they never act on this machine); shellcheck checks every script sent to a VM;
+# systemd-analyze rates the SuperLink unit's sandbox; openssl verifies the certificates.
 test-deps:
-	@command -v sshd >/dev/null 2>&1 || test -x /usr/sbin/sshd || { \
-		echo "installing openssh-server (tests start real sshd on 127.0.1.x)"; \
+	@missing=; \
+	{ command -v sshd >/dev/null 2>&1 || test -x /usr/sbin/sshd; } || missing="$$missing openssh-server openssh-client"; \
+	command -v cloud-init >/dev/null 2>&1 || missing="$$missing cloud-init"; \
+	command -v shellcheck >/dev/null 2>&1 || missing="$$missing shellcheck"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (Debian packages the tests use)"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO mkdir -p /etc/cloud && $$SUDO touch /etc/cloud/cloud-init.disabled; \
 		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssh-server openssh-client >/dev/null; }
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 demo: setup test-deps
 	$(BIN)/fedcloud up --stack local
@@ -35,10 +46,12 @@ demo: setup test-deps
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: setup test-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 clean:

@@ -1,17 +1,18 @@
 """The communication-delay study: total training time vs the probability and length of delays.
 
-The brief's second study, rerun on fedcloud's own deployment: one SuperLink and three SuperNodes
-on loopback (TLS, SuperNode authentication, ``127.0.3.0/24``, started once and reused for every
-cell), the brief's CIFAR-10 CNN (``cifar_cnn``) on synthetic CIFAR-layout data
-(``fl/synth.py``), the real FL Initializer. In each cell (d, p) every client, after local
-training, sleeps ``d`` seconds with probability ``p`` (the run config's ``delay-s`` /
+Rerun on fedcloud's own deployment: one SuperLink and three SuperNodes on loopback (TLS,
+SuperNode authentication, ``127.0.3.0/24``, started once and reused for every cell), the
+study's CIFAR-10 CNN (``cifar_cnn``) on synthetic CIFAR-layout data
+(``fedcloud/local/synth.py``), the real FL Initializer. In each cell (d, p) every client, after
+local training, sleeps ``d`` seconds with probability ``p`` (the run config's ``delay-s`` /
 ``delay-prob``; the draw is ``fl.app.client_app.delay_drawn(seed, participant, round, p)``).
 
 What is measured, per cell:
 
 * ``flower_elapsed_s`` (the figure compared and plotted): Flower's own running time of the run,
   ``running-at`` to ``finished-at`` from ``flwr ls --format json``;
-* ``wall_s``: this process's clock around ``fl.initializer.training.start_training`` (adds submission,
+* ``wall_s``: this process's clock around ``fl.initializer.training.start_training``
+  (adds submission,
   FAB upload and the final status poll);
 * ``rounds_wall_s``: the ServerApp's per-round times (train + evaluate phases), summed.
 
@@ -70,7 +71,7 @@ from fl.initializer.training import TrainingResult, start_training
 
 log = logging.getLogger("delays")
 
-# The brief's grid (seconds, probabilities).
+# The study's grid (seconds, probabilities).
 FULL_DELAYS_S = (3.0, 4.0, 5.0)
 FULL_PROBS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 FULL_ROUNDS = 2
@@ -120,7 +121,7 @@ def deployment(root: Path, *, participants: Sequence[str] = PARTICIPANTS,
 
 
 def base_config(rounds: int, seed: int = 1) -> RunConfig:
-    """Return the run config of the study (no delay yet): the brief's CIFAR-10 CNN, FedAvg."""
+    """Return the run config of the study (no delay yet): the study's CIFAR-10 CNN, FedAvg."""
     return RunConfig(model="cifar_cnn", width=1, image_size=32,
                      num_classes=MODEL_CLASSES["cifar_cnn"], rounds=rounds, local_epochs=1,
                      batch_size=32, learning_rate=0.01, fraction_train=1.0,

@@ -18,7 +18,7 @@ synthetic Kaggle-layout data, the FL Initializer), runs a few rounds and prints 
   train up, evaluate down).
 
 Usage: ``python benchmarks/flower_round.py [--width 16 --image-size 128 --rounds 3 --nodes 3]``
-(``--width 32 --image-size 224`` is the brief's 26 MB model; slow on 2 cores).
+(``--width 32 --image-size 224`` is the case study's 26 MB model; slow on 2 cores).
 """
 
 from __future__ import annotations

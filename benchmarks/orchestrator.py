@@ -1,11 +1,11 @@
-"""The brief's orchestrator experiment on real sshd VMs: orchestrator vs a random VM choice.
+"""The orchestrator experiment on real sshd VMs: orchestrator vs a random VM choice.
 
-Each participant has the brief's five VMs (``fedcloud.local.emulated.brief_vms``: vm-001/vm-002 healthy,
-vm-003/vm-004 Inactive = no sshd, vm-005 Active but below the minimum spec and really too small
-to start a SuperNode). A *task* is one dispatch: every participant's SuperNode started over SSH
-and seen online by a real TLS SuperLink (node auth on) on loopback, then stopped.
+Each participant has the reference five VMs (``fedcloud.local.emulated.brief_vms``: vm-001/vm-002
+healthy, vm-003/vm-004 Inactive = no sshd, vm-005 Active but below the minimum spec and really
+too small to start a SuperNode). A *task* is one dispatch: every participant's SuperNode started
+over SSH and seen online by a real TLS SuperLink (node auth on) on loopback, then stopped.
 
-* ``orchestrator``: probe, filter, round-robin queue, retries (``fl.orchestrator.orchestrator``).
+* ``orchestrator``: probe, filter, round-robin queue, retries (``fl.orchestrator``).
 * ``random``: one VM chosen uniformly among the participant's five, one start, no retry
   (the same start code: ``Orchestrator.start_on``).
 * ``faulty``: every Active VM's ``flower-supernode`` fails each start with probability 0.2
@@ -36,18 +36,18 @@ from pathlib import Path
 
 from fedcloud.core.flower import quiet_flower_here
 from fedcloud.core.participants import Location, Participant
+from fedcloud.core.stack import OrchestratorSettings
 from fedcloud.local.emulated import EmulatedCloud, brief_vms
 from fedcloud.local.localfed import start_local_superlink
 from fl.initializer.superlink import SuperLinkProcess
 from fl.initializer.training import CONNECTION
-from fl.orchestrator.orchestrator import (
+from fl.orchestrator import (
     NodeLaunch,
+    NodePlacement,
     Orchestrator,
-    OrchestratorSettings,
-    Placement,
-    StartFailed,
     SuperLinkNodes,
 )
+from fl.orchestrator.results import StartFailed
 from fl.orchestrator.ssh import ParamikoTransport
 
 LINK_HOST = "127.0.1.253"
@@ -126,7 +126,7 @@ def orchestrator_task(bench: Bench) -> tuple[dict[str, bool], float]:
 def random_task(bench: Bench, rng: random.Random) -> dict[str, bool]:
     picks = {name: rng.choice(p.vms) for name, p in bench.orch.participants.items()}
 
-    def one(name: str) -> Placement | None:
+    def one(name: str) -> NodePlacement | None:
         try:
             return bench.orch.start_on(picks[name], name)
         except StartFailed:
@@ -171,9 +171,10 @@ def experiment_3x5(root: Path, tasks: int, seed: int, fault_rate: float,
                     times.append(elapsed)
             rand_runs = [random_task(bench, rng) for _ in range(tasks)]
             out[mode] = {"orchestrator": rates(orch_runs), "random": rates(rand_runs)}
-            extra[mode] = {"orchestrator": details(orch_runs), "random": details(rand_runs),
-                           "faults_injected": faults_injected(bench) - before}
-            print(json.dumps({"progress": mode, **extra[mode]}), file=sys.stderr, flush=True)
+            figures = {"orchestrator": details(orch_runs), "random": details(rand_runs),
+                       "faults_injected": faults_injected(bench) - before}
+            extra[mode] = figures
+            print(json.dumps({"progress": mode, **figures}), file=sys.stderr, flush=True)
     finally:
         close(bench)
     extra["dispatch_s_3x5_all"] = [round(t, 2) for t in times]
@@ -199,7 +200,7 @@ def experiment_20x5(root: Path, runs: int) -> tuple[float, list[float], int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=20, help="FL tasks per mode (brief: 20)")
+    parser.add_argument("--tasks", type=int, default=20, help="FL tasks per mode")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random VM choice")
     parser.add_argument("--fault-rate", type=float, default=0.2, help="per-start failure rate")
     parser.add_argument("--runs-20x5", type=int, default=2, help="dispatches timed at 20x5")

@@ -1,41 +1,56 @@
-"""Dispatch and train: the one composition of orchestrator and FL Initializer.
+"""The one federation path: from "a SuperLink answers" to "a trained model and the outputs".
 
-Both compositions call :func:`run_federation`: the Pulumi program's dispatch provider
-(``infra/providers.py``) against the aggregator VM in the cloud, and the local stack
-(``fedcloud/local.py``) against a SuperLink on this machine. It
-
-1. registers each participant's node public key with the SuperLink (``flwr supernode
-   register``; idempotent);
-2. dispatches one SuperNode per participant with the Dynamic Task Orchestrator (filter, circular
-   queue, start over SSH, retry on the next VM), all participants in parallel;
-3. runs the training with the FL Initializer while the orchestrator's watcher re-dispatches a
-   participant whose SuperNode died;
-4. stops the SuperNodes it started, whatever happened.
-
-The output mappers give the ``participants`` and ``training`` stack outputs (camelCase), the same
-keys from either composition.
+Both compositions call :func:`run_federation` (the local stack directly, the Pulumi program
+through its dispatch resource, :func:`run_dispatch`) and build their stack outputs with the
+mappers here, so the output schema is declared once. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedcloud.core.config import RawConfig
-from fedcloud.core.participants import Participant
-from fl.app.runconfig import RunConfig
+from fedcloud.core.config import from_mapping
+from fedcloud.core.errors import RegistryError, TrainingError
+from fedcloud.core.participants import Participant, VmSpec
+from fedcloud.core.stack import StackConfig, parse
 from fl.initializer.flwr_cli import FlwrCli
 from fl.initializer.training import CONNECTION, TrainingResult, register_nodes, start_training
-from fl.orchestrator.orchestrator import (
+from fl.orchestrator import (
     DispatchResult,
     NodeLaunch,
     Orchestrator,
     SuperLinkNodes,
-    load_settings,
 )
-from fl.orchestrator.ssh import Transport
+from fl.orchestrator.ssh import ParamikoTransport, Transport
+from fl.registry.criteria import Criteria, choose
+from infra.cloudinit import AGGREGATOR_REGISTRY_DIR
+from optimizer import PlanRequest, PlanResult, plan
+
+# The stack's keys whose change means a new training run (the Pulumi dispatch resource's diff).
+DISPATCH_KEYS = ("participants", "training", "orchestrator", "registry", "bestModel", "stateDir")
+
+
+@dataclass(frozen=True)
+class Aggregator:
+    """A running SuperLink as this machine and the participants' VMs reach it.
+
+    Attributes:
+        address: ``host:port`` of the SuperLink's Fleet/Control API.
+        ca_cert: The deployment CA certificate.
+        node_keys: Participant -> (private key, public key) paths of its node identity.
+        tracking_uri: Where the ServerApp records rounds, as the aggregator sees it.
+        store: The same store as this machine reads it, or ``None`` when it is remote.
+    """
+
+    address: str
+    ca_cert: Path
+    node_keys: Mapping[str, tuple[Path, Path]]
+    tracking_uri: str
+    store: str | None
 
 
 @dataclass(frozen=True)
@@ -43,76 +58,144 @@ class FederationResult:
     """What one federated job produced.
 
     Attributes:
-        dispatch: Per-participant dispatch results (VM used, every VM tried and why it failed).
-        training: The training run's result; ``None`` when no participant could be dispatched.
+        dispatch: Per-participant dispatch results (VM used, every VM tried and why).
+        training: The training run's result; ``None`` when no participant was dispatched.
+        best: The ``bestModel`` output (``None`` unless the run completed with rounds).
     """
 
     dispatch: DispatchResult
     training: TrainingResult | None
+    best: dict[str, Any] | None = None
+
+
+def offered_clouds(cfg: StackConfig) -> list[str]:
+    """The clouds the optimizer may use: ``fedcloud:clouds``, filtered by ``auth.onlyLinked``."""
+    from infra.auth import offerable_clouds
+
+    return offerable_clouds(cfg.auth, cfg.state_dir, cfg.stack, list(cfg.plan.clouds))
+
+
+def plan_request(cfg: StackConfig) -> PlanRequest:
+    """The optimizer's request for a stack, checked against the catalogue."""
+    return PlanRequest.build(cfg.plan, cfg.participants, offered_clouds(cfg), cfg.stack)
+
+
+def criteria(cfg: StackConfig) -> Criteria:
+    """The Model Manager's criteria for the run's best round (``fedcloud:bestModel``)."""
+    return Criteria.parse(cfg.best_model.metric, cfg.best_model.minimums)
+
+
+def validate(cfg: StackConfig) -> PlanResult:
+    """Check everything that can be checked before anything starts; return the plan.
+
+    Raises:
+        FedcloudError: The first problem, by stack key, before any process or file is touched.
+    """
+    criteria(cfg)
+    return plan(plan_request(cfg))
 
 
 def run_federation(
-    raw: RawConfig,
+    cfg: StackConfig,
     participants: Sequence[Participant],
-    *,
-    superlink: str,
-    ca_cert: Path,
-    node_keys: Mapping[str, tuple[Path, Path]],
-    run_config: RunConfig,
+    aggregator: Aggregator,
     transport: Transport,
-    cli: FlwrCli | None = None,
+    *,
     on_dispatched: Callable[[DispatchResult], None] | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> FederationResult:
-    """Register the nodes, dispatch the SuperNodes, train, and stop the SuperNodes.
+    """Register the nodes, dispatch one SuperNode per participant, train, pick the best round.
 
     Args:
-        raw: The stack's config (orchestrator settings, state directory).
-        participants: The federation, with each participant's VM inventory and data path.
-        superlink: The SuperLink's ``host:port`` as the VMs and this machine reach it.
-        ca_cert: The deployment CA certificate.
-        node_keys: Participant -> (private key, public key) paths of its node identity.
-        run_config: The Flower run config.
+        cfg: The stack.
+        participants: The federation with each VM inventory and data path as it now stands.
+        aggregator: The running SuperLink.
         transport: The SSH transport to the VMs (host keys pinned).
-        cli: The ``flwr`` wrapper (default: one on ``<state>/flwr-home``).
         on_dispatched: Called once with the dispatch results, before training starts.
         on_round: Called with each round's metrics as they arrive.
 
     Returns:
-        The dispatch results and, when at least one participant was placed, the training result
-        (a failed run is a result with its status, not an exception).
+        The dispatch results, the training result and the best model (a failed run is a
+        result with its status, not an exception).
 
     Raises:
         TrainingError: The SuperLink could not be reached, a key registered or the run submitted.
     """
-    cli = cli or FlwrCli(raw.state_dir / "flwr-home")
-    cli.write_connection(CONNECTION, superlink, ca_cert)
-    public = {name: pair[1] for name, pair in node_keys.items()}
-    node_ids = register_nodes(cli, CONNECTION, superlink, public)
+    cli = FlwrCli(cfg.state_dir / "flwr-home")
+    cli.write_connection(CONNECTION, aggregator.address, aggregator.ca_cert)
+    public = {name: pair[1] for name, pair in aggregator.node_keys.items()}
+    node_ids = register_nodes(cli, CONNECTION, aggregator.address, public)
     launches = {
-        p.name: NodeLaunch(superlink=superlink, ca_cert=ca_cert, node_key=node_keys[p.name][0],
+        p.name: NodeLaunch(superlink=aggregator.address, ca_cert=aggregator.ca_cert,
+                           node_key=aggregator.node_keys[p.name][0],
                            data_dir=p.data_dir or "data")
         for p in participants
     }
     orchestrator = Orchestrator(
         participants, launches, transport=transport,
-        nodes=SuperLinkNodes(cli, CONNECTION,
-                             {k: v for k, v in node_ids.items() if v is not None}),
-        settings=load_settings(raw), state_dir=raw.state_dir)
+        nodes=SuperLinkNodes(cli, CONNECTION, {k: v for k, v in node_ids.items() if v is not None}),
+        settings=cfg.orchestrator, state_dir=cfg.state_dir)
     dispatched = orchestrator.dispatch()
     if on_dispatched is not None:
         on_dispatched(dispatched)
     if not dispatched.succeeded:
         return FederationResult(dispatched, None)
     placements = dispatched.placements()
+    run_config = cfg.training.run_config(tracking_uri=aggregator.tracking_uri,
+                                         experiment=cfg.registry.experiment, stack=cfg.stack)
     try:
         with orchestrator.watcher(placements):
-            trained = start_training(superlink=superlink, ca_cert=ca_cert, node_keys=public,
-                                     run_config=run_config, state_dir=raw.state_dir, cli=cli,
-                                     on_round=on_round)
+            trained = start_training(superlink=aggregator.address, ca_cert=aggregator.ca_cert,
+                                     node_keys=public, run_config=run_config,
+                                     state_dir=cfg.state_dir, cli=cli, on_round=on_round)
     finally:
         orchestrator.stop(placements)
-    return FederationResult(dispatched, trained)
+    best = best_model(cfg, trained, aggregator.store) if trained.status == "COMPLETED" else None
+    return FederationResult(dispatched, trained, best)
+
+
+def best_model(cfg: StackConfig, trained: TrainingResult, store: str | None,
+               ) -> dict[str, Any] | None:
+    """Apply ``fedcloud:bestModel`` to the run's rounds; register and download it if local.
+
+    With the store on this machine the pick is registered with the alias ``best`` and written
+    to ``<state>/models``; with a remote store (a cloud aggregator) the same rule picks from
+    the rounds the run reported, and ``fedcloud models best`` registers it after the pull.
+    """
+    rule = criteria(cfg)
+    rounds = [r for r in trained.rounds if isinstance(r.get("metrics"), Mapping)]
+    if not rounds:
+        return None
+    out: dict[str, Any] = {"criteria": rule.to_dict(), "storeRunId": trained.store_run_id}
+    if store is not None and trained.store_run_id is not None:
+        from fl.registry.store import open_store
+
+        registry = open_store(store, cfg.registry.experiment)
+        rec = registry.recommend(rule, run_id=trained.store_run_id)
+        model, card = registry.download(cfg.state_dir / "models" / "best-model.pt", best=True,
+                                        run_id=trained.store_run_id)
+        out.update(round=rec.round.server_round, metrics=dict(rec.round.metrics),
+                   modelName=rec.model_name, version=rec.version, file=str(model),
+                   card=str(card))
+        return out
+    try:
+        index = choose([r["metrics"] for r in rounds], rule,
+                       [f"round {r.get('round')}" for r in rounds])
+    except RegistryError:
+        return {**out, "round": None, "metrics": None}
+    out.update(round=rounds[index].get("round"), metrics=dict(rounds[index]["metrics"]))
+    return out
+
+
+# --- the output schema (stack outputs of both compositions) ---------------------------------
+
+def aggregator_output(*, cloud: Any, region: Any, instance_type: Any, public_ip: Any,
+                      superlink_address: Any, ca_cert: Any, ssh_user: Any = None,
+                      ssh_host_key_fingerprint: Any = None) -> dict[str, Any]:
+    """The ``aggregator`` output (values may be Pulumi Outputs)."""
+    return {"cloud": cloud, "region": region, "instanceType": instance_type,
+            "publicIp": public_ip, "superlinkAddress": superlink_address, "caCert": ca_cert,
+            "sshUser": ssh_user, "sshHostKeyFingerprint": ssh_host_key_fingerprint}
 
 
 def participants_output(result: DispatchResult) -> dict[str, Any]:
@@ -131,22 +214,96 @@ def participants_output(result: DispatchResult) -> dict[str, Any]:
     }
 
 
-def training_output(tr: TrainingResult | None) -> dict[str, Any]:
-    """``TrainingResult`` -> ``{runId, status, detail, rounds, bestModel, ...}`` (JSON-able).
-
-    ``bestModel`` is the completed round with the highest F1; ``fedcloud models best`` chooses
-    with other criteria from the registry.
-    """
+def training_output(tr: TrainingResult | None, best: Mapping[str, Any] | None = None,
+                    ) -> dict[str, Any]:
+    """``TrainingResult`` -> ``{runId, status, detail, rounds, bestModel, ...}`` (JSON)."""
     if tr is None:
         return {"runId": None, "status": "NOT_STARTED", "detail": "no participant dispatched",
-                "rounds": 0, "bestModel": None}
-    best = None
-    scored = [r for r in tr.rounds if isinstance((r.get("metrics") or {}).get("f1"), int | float)]
-    if scored:
-        top = max(scored, key=lambda r: (r["metrics"]["f1"], -int(r.get("round") or 0)))
-        best = {"round": top.get("round"), "metrics": top.get("metrics"),
-                "storeRunId": tr.store_run_id}
+                "flowerStatus": None, "rounds": 0, "bestModel": None, "elapsedS": None,
+                "networkBytes": None, "storeRunId": None}
     return {"runId": str(tr.run_id), "status": tr.status, "detail": tr.detail,
-            "flowerStatus": tr.flower_status, "rounds": len(tr.rounds), "bestModel": best,
-            "elapsedS": tr.elapsed_s, "networkBytes": tr.network_bytes,
-            "storeRunId": tr.store_run_id}
+            "flowerStatus": tr.flower_status, "rounds": len(tr.rounds),
+            "bestModel": dict(best) if best else None, "elapsedS": tr.elapsed_s,
+            "networkBytes": tr.network_bytes, "storeRunId": tr.store_run_id}
+
+
+def outputs(aggregator: Mapping[str, Any], planned: Mapping[str, Any],
+            fed: FederationResult) -> dict[str, Any]:
+    """The four stack outputs: ``aggregator``, ``plan``, ``participants``, ``training``."""
+    return {"aggregator": dict(aggregator), "plan": dict(planned),
+            "participants": participants_output(fed.dispatch),
+            "training": training_output(fed.training, fed.best)}
+
+
+def raise_on_failure(cfg: StackConfig, fed: FederationResult, where: str) -> None:
+    """Raise the one-line error of a run that did not complete (``where``: what to read)."""
+    tr = fed.training
+    if tr is None:
+        fed.dispatch.raise_on_failure()
+        raise TrainingError("no participant could be dispatched.", f"see {where}.")
+    if tr.status != "COMPLETED":
+        raise TrainingError(f"training run {tr.run_id} of stack '{cfg.stack}' ended "
+                            f"{tr.status}: {tr.detail}.", f"see {where}.")
+
+
+# --- the Pulumi program's dispatch resource ---------------------------------------------------
+
+def _stack_from_props(props: Mapping[str, Any]) -> StackConfig:
+    return parse(from_mapping(str(props["stack"]), "pulumi config", json.loads(props["config"])))
+
+
+def run_dispatch(props: Mapping[str, Any]) -> dict[str, Any]:
+    """The Pulumi dispatch resource's create: :func:`run_federation` on the cloud aggregator.
+
+    Args:
+        props: ``stack``; ``config`` (JSON of the stack's values); ``superlink_address``;
+            the certificate outputs ``ca_cert``, ``ca_key``, ``server_cert``, ``server_key``,
+            ``node_keys``.
+
+    Returns:
+        ``{"participants": {...}, "training": {...}}``.
+
+    Raises:
+        FedcloudError: Nobody could be dispatched or the run did not complete, so that the
+            next ``pulumi up`` tries again.
+    """
+    from fl.initializer.material import materialize_certs
+
+    cfg = _stack_from_props(props)
+    cert_dir = cfg.state_dir / "certs"
+    materialize_certs(cert_dir, props)
+    aggregator = Aggregator(
+        address=str(props["superlink_address"]), ca_cert=cert_dir / "ca.pem",
+        node_keys={p.name: (cert_dir / "nodes" / f"{p.name}.key",
+                            cert_dir / "nodes" / f"{p.name}.pub") for p in cfg.participants},
+        tracking_uri=AGGREGATOR_REGISTRY_DIR, store=None)
+    fed = run_federation(cfg, cfg.participants, aggregator,
+                         ParamikoTransport(cfg.orchestrator.host_key_policy))
+    raise_on_failure(cfg, fed, "the participants' dispatch results and the SuperLink's "
+                     "journal (journalctl -u fedcloud-superlink on the VM); 'pulumi up' runs "
+                     "it again")
+    return {"participants": participants_output(fed.dispatch),
+            "training": training_output(fed.training, fed.best)}
+
+
+def pull_registry(props: Mapping[str, Any]) -> None:
+    """The dispatch resource's delete: bring the VM's model store home over SFTP (host key pinned).
+
+    Raises:
+        FedcloudError: Connection, transfer or import failed.
+    """
+    from fl.registry.sync import AGGREGATOR_STORE_DIR, pull_store
+
+    cfg = _stack_from_props(props)
+    vm = VmSpec(id="aggregator", host=str(props["public_ip"]),
+                port=int(props.get("ssh_port") or 22),
+                user=str(props["ssh_user"]), key_path=Path(props["ssh_private_key_path"]),
+                host_key_fingerprint=str(props["ssh_host_fingerprint"]), state="Active",
+                vcpus=None, memory_gb=None, disk_gb=None)
+    with ParamikoTransport("reject").connect(vm) as session:
+        sftp = session._client.open_sftp()  # the session's own SSH connection
+        try:
+            pull_store(sftp, AGGREGATOR_STORE_DIR, cfg.registry.location,
+                       cfg.registry.experiment, cfg.state_dir)
+        finally:
+            sftp.close()

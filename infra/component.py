@@ -16,22 +16,14 @@ from typing import Any
 
 import pulumi
 
-from fl.initializer.superlink import SUPERLINK_PORT
+from fedcloud.core.flower import SUPERLINK_PORT
+from fedcloud.core.plan import Placement
 from infra.cloudinit import ADMIN_USER, SshHostKey, TlsMaterial, cloud_config
 from infra.network import NetworkPolicy
-from infra.providers import DeploymentCerts
+from infra.providers import DeploymentCerts, IssueFn
 
 TYPE_TOKEN = "fedcloud:infra:AggregatorVm"
 DISK_GB = 30
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where the aggregator runs: the optimizer's choice (or the stack's pin)."""
-
-    cloud: str
-    region: str
-    instance_type: str
 
 
 @dataclass(frozen=True)
@@ -43,6 +35,7 @@ class AggregatorArgs:
         policy: Inbound rules (see :mod:`infra.network`).
         participants: Participant names (one SuperNode key each).
         ssh_public_key: The operator's OpenSSH public key (one line).
+        issue_certs: Issues the deployment's TLS and SSH material (the certificate resource).
         tags: Tags (labels) put on every resource that takes them.
         port: The SuperLink port.
         disk_gb: Boot disk size.
@@ -53,6 +46,7 @@ class AggregatorArgs:
     policy: NetworkPolicy
     participants: tuple[str, ...]
     ssh_public_key: str
+    issue_certs: IssueFn
     tags: Mapping[str, str] = field(default_factory=dict)
     port: int = SUPERLINK_PORT
     disk_gb: int = DISK_GB
@@ -96,7 +90,7 @@ class AggregatorVmBase(pulumi.ComponentResource):
     def _declare_certs(self, name: str, public_ip: pulumi.Output[str]) -> DeploymentCerts:
         self.certs = DeploymentCerts(
             f"{name}-certs", sans=public_ip.apply(lambda ip: [ip]),
-            participants=list(self.args.participants),
+            participants=list(self.args.participants), issue=self.args.issue_certs,
             opts=pulumi.ResourceOptions(parent=self),
         )
         return self.certs

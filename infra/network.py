@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fedcloud.core.errors import ConfigError
+from fedcloud.core.flower import SUPERLINK_PORT
 from fedcloud.core.participants import Participant
-from fl.initializer.superlink import SUPERLINK_PORT
 
 SSH_PORT = 22
 WORLD = "0.0.0.0/0"

@@ -29,6 +29,8 @@ from pulumi.runtime import rpc
 
 from fedcloud.core.config import PROJECT, ROOT, stack_file
 from fedcloud.core.errors import ConfigError
+from fedcloud.core.files import write_atomic
+from infra.providers import IssueFn
 
 PROGRAM = ROOT / "__main__.py"
 SECRET = "[secret]"
@@ -91,12 +93,12 @@ class RecordingMocks(pulumi_mocks.Mocks):
     """Mocks that record every resource and call and return deterministic computed values.
 
     Args:
-        real_certs: Run :class:`infra.providers.DeploymentCertsProvider` for real (random keys,
-            a real SAN check) instead of returning placeholder PEM text.
+        issue: Issue the certificate resource's material for real with this function (random
+            keys, a real SAN check) instead of returning placeholder PEM text.
     """
 
-    def __init__(self, real_certs: bool = False) -> None:
-        self.real_certs = real_certs
+    def __init__(self, issue: IssueFn | None = None) -> None:
+        self.issue = issue
         self.resources: list[Recorded] = []
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
@@ -161,10 +163,8 @@ class RecordingMocks(pulumi_mocks.Mocks):
         return {}
 
     def _certs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        if self.real_certs:
-            from infra.providers import issue_certs
-
-            return issue_certs(inputs)
+        if self.issue is not None:
+            return self.issue(inputs, None)
         nodes = {n: {"publicKey": f"ecdsa-sha2-nistp384 MOCK-{n}",
                      "privateKey": f"-----BEGIN OPENSSH PRIVATE KEY-----\nMOCK-{n}\n"
                                    "-----END OPENSSH PRIVATE KEY-----\n"}
@@ -265,14 +265,14 @@ def _fresh_runtime(stack: str, monitor: pulumi_mocks.MockMonitor,
 
 
 def run_program(stack: str, config: Mapping[str, str], secret_keys: Sequence[str] = (),
-                real_certs: bool = False, program: Path = PROGRAM) -> MockRun:
+                issue: IssueFn | None = None, program: Path = PROGRAM) -> MockRun:
     """Run ``__main__.py`` once under fresh mocks.
 
     Args:
         stack: Stack name (``pulumi.get_stack()``).
         config: Pulumi config map (``fedcloud:participants`` -> JSON string, ...).
         secret_keys: Config keys to mark secret.
-        real_certs: Issue real certificates (see :class:`RecordingMocks`).
+        issue: Issue real certificates with this function (see :class:`RecordingMocks`).
         program: The program file.
 
     Returns:
@@ -281,7 +281,7 @@ def run_program(stack: str, config: Mapping[str, str], secret_keys: Sequence[str
     Raises:
         pulumi.RunError: The program rejected its config (with the fix).
     """
-    mocks = RecordingMocks(real_certs=real_certs)
+    mocks = RecordingMocks(issue=issue)
     handler = _ListHandler()
     logger = logging.getLogger(f"fedcloud.mockrun.{stack}")
     logger.addHandler(handler)
@@ -317,9 +317,9 @@ def run_program(stack: str, config: Mapping[str, str], secret_keys: Sequence[str
                    secret_outputs=secrets, warnings=handler.messages)
 
 
-def run_stack(name: str, real_certs: bool = False) -> MockRun:
+def run_stack(name: str, issue: IssueFn | None = None) -> MockRun:
     """Run the program for ``stacks/Pulumi.<name>.yaml`` under mocks."""
-    return run_program(name, stack_config(name), real_certs=real_certs)
+    return run_program(name, stack_config(name), issue=issue)
 
 
 NOTICE = (
@@ -387,7 +387,5 @@ def to_json(doc: Mapping[str, Any]) -> str:
 
 
 def write_atomic_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file and ``os.replace``."""
-    from fl.initializer.certs import write_atomic
-
+    """Write ``text`` to ``path`` atomically."""
     write_atomic(Path(path), text.encode("utf-8"), 0o644)

@@ -1,19 +1,8 @@
 """Job time and cost of running the aggregator in one region (vectorised over regions).
 
-Synchronous FedAvg waits for the slowest participant every round, so a round lasts
-
-    round_s = roundTrainS + max over participants of
-              (MODEL_TRANSFERS_PER_ROUND * modelMb * 8 / bandwidthMbps + rttsPerRound * rtt_s)
-
-and the job is billed for ``setupHours + rounds * round_s / 3600`` hours at the VM's on-demand
-price. Egress: the aggregator sends the global model to every participant twice per round (the
-train message and the evaluate message of Flower's FedAvg); updates coming back are ingress,
-which none of the three clouds charges. Hence the cost
-
-    cost_usd = price_usd_per_hour * job_hours
-             + modelMb / 1000 * MODEL_DOWNLOADS_PER_ROUND * participants * rounds * egressUsdPerGb
-
-which is the issue's "model size x 2 x participants x rounds x egress price".
+A synchronous round lasts the local training plus the slowest participant's model transfers and
+round trips; the job is billed at the VM's on-demand price plus the egress of the global model
+(twice per round and participant). See optimizer/README.md, "Cost model".
 """
 
 from __future__ import annotations

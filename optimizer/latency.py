@@ -1,18 +1,8 @@
 """Round-trip time from a participant to a candidate aggregator region.
 
-Order of precedence for one (participant, cloud, region) pair:
-
-1. the stack's own measurement (``participants[].rttMs["<cloud>:<region>"]``);
-2. a measured value from ``catalog/latency.csv`` when the participant sits in a region of the
-   same cloud that the table covers (mean of both directions; the tables are directional);
-   the same region without a measured diagonal gets :func:`intra_region_rtt_ms`;
-3. the distance model: ``rtt = a + b * great_circle_km / 1000 + c[zone pair]``, fitted by least
-   squares on every measured pair whose two regions have coordinates, with a ridge penalty on the
-   zone-pair offsets ``c`` (routes between some zones detour far from the great circle, e.g.
-   Korea-Sweden goes round Russia). Cross-cloud pairs (``aws:us-east-1`` to ``gcp:us-east4``)
-   and participants given by latitude/longitude always use the model.
-
-:func:`model_error` reports the model's error on measured pairs it was not fitted on.
+In order: the stack's own measurement, a measured value from ``catalog/latency.csv`` (same cloud),
+else a distance model fitted on the measured pairs; :func:`model_error` reports its held-out
+error. See optimizer/README.md, "Latency model".
 """
 
 from __future__ import annotations

@@ -1,23 +1,8 @@
 """NSGA-II (pymoo) over the filtered catalogue.
 
-Encoding: two integers per individual, ``x = (region slot, size rank)``.
-
-* The region slot indexes the candidate regions sorted by their largest RTT to the participants
-  (then mean RTT, then catalogue order): neighbouring slots have similar latency, so SBX and
-  polynomial mutation, which make small integer steps, explore sensibly.
-* The size rank indexes that region's VM types sorted by price (cheapest first). Regions offer
-  different numbers of types; :class:`SizeRankRepair` wraps an out-of-range rank back into
-  range (modulo), so every individual is a real option.
-
-Duplicates are eliminated on the option's *point in objective space* (two types with the same
-price in one region are one point), which keeps the population spread over distinct points.
-Constraints are the limits, normalised (``cost / maxCost - 1``, ``latency / maxLatency - 1``) so
-that violations in USD and in ms weigh alike. Every evaluated option is recorded, and the
-result is the non-dominated feasible set of everything evaluated (an elitist archive): a point
-NSGA-II found is never lost because the final population happened to crowd it out.
-
-This module imports pymoo at its top; :mod:`optimizer.planner` imports it only when the method
-is ``nsga2``.
+Two integers per individual, ``x = (region slot, size rank)``, repaired into real options; the
+normalised limits are the constraints, and the result is the feasible non-dominated set of
+everything evaluated. See optimizer/README.md, "Search: NSGA-II and the exhaustive ground truth".
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from fedcloud.core.errors import PlanError
 from optimizer.catalog import Catalog, load_catalog
 from optimizer.cost import egress_usd
 from optimizer.front import pareto_front, pick
-from optimizer.request import METHODS, PlanRequest
+from optimizer.request import METHODS, Placement, PlanRequest
 from optimizer.result import Choice, Comparison, Objectives, PlanResult, Point, WeightedChoice
 from optimizer.space import SearchSpace, build_space, evaluate_placement
 
@@ -96,6 +96,43 @@ def _infeasible(request: PlanRequest, space: SearchSpace) -> PlanError:
                      f"{fix}.")
 
 
+def _evaluated_point(request: PlanRequest, placement: Placement, cat: Catalog) -> Point:
+    """Cost and latency of one named placement (the baseline or a pin)."""
+    ev = evaluate_placement(request, placement, cat)
+    return Point(Choice.of(ev.row), Objectives(
+        ev.cost_usd, ev.cost_usd * request.currency.per_usd, ev.latency_ms, ev.mean_latency_ms,
+        ev.job_hours, ev.egress_usd))
+
+
+def _front(request: PlanRequest, space: SearchSpace | None, method: str,
+           ) -> tuple[tuple[Point, ...], int]:
+    """The Pareto front of the search space (empty without a space) and how many evaluated."""
+    if space is None:
+        return (), 0
+    found = search(space, method, request.seed, request.pop_size, request.generations)
+    if found.front.size == 0 and request.pin is None:
+        raise _infeasible(request, space)
+    per_usd = request.currency.per_usd
+    n = len(request.participants)
+    return tuple(_point(space, int(i), per_usd,
+                        float(egress_usd(space.rows[int(i)].cloud, n, request.cost_model)))
+                 for i in found.front), found.evaluated
+
+
+def _weighted(request: PlanRequest, front: tuple[Point, ...], baseline: Point | None,
+              ) -> tuple[WeightedChoice, ...]:
+    """One pick of the front per weight pair, compared with the baseline."""
+    if not front:
+        return ()
+    f = np.array([[p.objectives.cost_usd, p.objectives.latency_ms] for p in front])
+    out = []
+    for w in request.weights:
+        p = front[pick(f, w)]
+        cmp = Comparison.of(p.objectives, baseline.objectives) if baseline else None
+        out.append(WeightedChoice(weights=w, point=p, vs_baseline=cmp))
+    return tuple(out)
+
+
 def plan(request: PlanRequest, method: str | None = None,
          cat: Catalog | None = None) -> PlanResult:
     """Choose the aggregator's cloud, region and VM size for ``request``.
@@ -117,68 +154,33 @@ def plan(request: PlanRequest, method: str | None = None,
         raise PlanError(f"unknown method '{method}'.", f"use one of: {', '.join(METHODS)}.")
     cat = cat or load_catalog()
     start = time.perf_counter()
-    pinned = request.pin is not None
     cur = request.currency
     space: SearchSpace | None
     try:
         space = build_space(request, cat)
     except PlanError:
-        if not pinned:
+        if request.pin is None:
             raise
         space = None  # a pin outside the filters still deploys; nothing to compare with
-
-    front_idx = np.zeros(0, dtype=np.int64)
-    evaluated = 0
-    if space is not None:
-        found = search(space, method, request.seed, request.pop_size, request.generations)
-        front_idx, evaluated = found.front, found.evaluated
-        if front_idx.size == 0 and not pinned:
-            raise _infeasible(request, space)
-
-    def egress_of(cloud: str) -> float:
-        return float(egress_usd(cloud, len(request.participants), request.cost_model))
-
-    front: tuple[Point, ...] = ()
-    if space is not None:
-        front = tuple(_point(space, int(i), cur.per_usd, egress_of(space.rows[int(i)].cloud))
-                      for i in front_idx)
-
-    baseline: Point | None = None
-    base_ok: bool | None = None
-    if request.baseline is not None:
-        ev = evaluate_placement(request, request.baseline, cat)
-        baseline = Point(Choice.of(ev.row), Objectives(
-            ev.cost_usd, ev.cost_usd * cur.per_usd, ev.latency_ms, ev.mean_latency_ms,
-            ev.job_hours, ev.egress_usd))
-        base_ok = baseline.objectives.meets(request.max_cost_usd, request.max_latency_ms)
-
-    choices: list[WeightedChoice] = []
-    if front:
-        f = np.array([[p.objectives.cost_usd, p.objectives.latency_ms] for p in front])
-        for w in request.weights:
-            p = front[pick(f, w)]
-            cmp = Comparison.of(p.objectives, baseline.objectives) if baseline else None
-            choices.append(WeightedChoice(weights=w, point=p, vs_baseline=cmp))
-
-    if request.pin is not None:
-        ev = evaluate_placement(request, request.pin, cat)
-        deployed = Point(Choice.of(ev.row), Objectives(
-            ev.cost_usd, ev.cost_usd * cur.per_usd, ev.latency_ms, ev.mean_latency_ms,
-            ev.job_hours, ev.egress_usd))
-    else:
-        deployed = choices[0].point
-    elapsed = time.perf_counter() - start
+    front, evaluated = _front(request, space, method)
+    baseline = (_evaluated_point(request, request.baseline, cat)
+                if request.baseline is not None else None)
+    choices = _weighted(request, front, baseline)
+    deployed = (_evaluated_point(request, request.pin, cat) if request.pin is not None
+                else choices[0].point)
     return PlanResult(
         choice=deployed.choice,
         objectives=deployed.objectives,
-        choices=tuple(choices),
+        choices=choices,
         front=front,
         baseline=baseline,
-        baseline_meets_limits=base_ok,
+        baseline_meets_limits=(baseline.objectives.meets(request.max_cost_usd,
+                                                         request.max_latency_ms)
+                               if baseline is not None else None),
         method=method,
         seed=request.seed,
-        elapsed_s=elapsed,
-        pinned=pinned,
+        elapsed_s=time.perf_counter() - start,
+        pinned=request.pin is not None,
         target=request.target,
         currency=cur.code,
         per_usd=cur.per_usd,

@@ -17,8 +17,9 @@ import sys
 from typing import Any
 
 from fedcloud.cli.main import common_parser
-from fedcloud.core.config import ROOT, RawConfig, available_stacks, load_stack
+from fedcloud.core.config import ROOT, available_stacks
 from fedcloud.core.errors import AuthError
+from fedcloud.core.stack import StackConfig, load
 
 _CLOUDS = ("aws", "gcp", "azure")
 
@@ -68,7 +69,7 @@ def _stack_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", metavar="PATH", help="any stack file")
 
 
-def _stack(args: argparse.Namespace) -> RawConfig:
+def _stack(args: argparse.Namespace) -> StackConfig:
     if args.stack is None and args.config is None:
         stacks = available_stacks()
         if len(stacks) != 1:
@@ -77,27 +78,27 @@ def _stack(args: argparse.Namespace) -> RawConfig:
                 f"{len(stacks) or 'no'} stack{'s' if len(stacks) != 1 else ''}.",
                 f"pass --stack NAME ({', '.join(stacks)})." if stacks else
                 "create stacks/Pulumi.NAME.yaml and pass --stack NAME.")
-        return load_stack(name=stacks[0])
-    return load_stack(name=args.stack, path=args.config)
+        return load(name=stacks[0])
+    return load(name=args.stack, path=args.config)
 
 
 def run_add(args: argparse.Namespace) -> int:
     """Validate the credential, record the link, hand the credential to Pulumi."""
     from infra import auth
 
-    raw = _stack(args)
-    settings = auth.auth_settings(raw)
-    record, credential = auth.link(args.cloud, args.file, raw.state_dir, settings,
+    cfg = _stack(args)
+    settings = cfg.auth
+    record, credential = auth.link(args.cloud, args.file, cfg.state_dir, settings,
                                    profile=args.profile, subscription=args.subscription)
     ident = record.identity
     assert ident is not None
     name = f" ({ident.name})" if ident.name else ""
-    print(f"{args.cloud} linked for stack {raw.stack}: {ident.principal} on "
+    print(f"{args.cloud} linked for stack {cfg.stack}: {ident.principal} on "
           f"{_SCOPE[args.cloud]} {ident.scope}{name}, checked {record.checked_at}.")
-    handed = auth.hand_off(args.cloud, credential, raw.stack, file=args.file,
+    handed = auth.hand_off(args.cloud, credential, cfg.stack, file=args.file,
                            profile=args.profile, subscription=args.subscription)
     if handed.ran:
-        print(f"Pulumi stack config set for {raw.stack} (secret values with --secret):")
+        print(f"Pulumi stack config set for {cfg.stack} (secret values with --secret):")
         for command in handed.commands:
             print(f"  {command}")
     else:
@@ -116,11 +117,11 @@ def run_status(args: argparse.Namespace) -> int:
     """Print one line per cloud: linked or not, identity, when checked, last failure."""
     from infra import auth
 
-    raw = _stack(args)
-    settings = auth.auth_settings(raw)
-    records = auth.read_status(raw.state_dir)
+    cfg = _stack(args)
+    settings = cfg.auth
+    records = auth.read_status(cfg.state_dir)
     only = "only linked clouds" if settings.only_linked else "all clouds (onlyLinked: false)"
-    print(f"stack {raw.stack}: the optimizer offers {only}")
+    print(f"stack {cfg.stack}: the optimizer offers {only}")
     print(f"{'cloud':<6} {'linked':<6} {'identity':<48} {'scope':<38} checked")
     for cloud in auth.CLOUDS:
         rec = records[cloud]

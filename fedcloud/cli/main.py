@@ -11,8 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from fedcloud.core.config import RawConfig, load_stack
 from fedcloud.core.errors import FedcloudError
+from fedcloud.core.stack import StackConfig, load
 
 # One entry per subcommand module; each registers its own parser(s).
 COMMANDS: list[str] = [
@@ -39,9 +39,9 @@ def add_stack_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", metavar="PATH", help="any stack file")
 
 
-def stack_from_args(args: argparse.Namespace) -> RawConfig:
-    """Load the stack named by ``--stack`` or ``--config``."""
-    return load_stack(name=getattr(args, "stack", None), path=getattr(args, "config", None))
+def stack_from_args(args: argparse.Namespace) -> StackConfig:
+    """Read and parse the stack named by ``--stack`` or ``--config``."""
+    return load(name=getattr(args, "stack", None), path=getattr(args, "config", None))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -71,12 +71,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _store(args: argparse.Namespace) -> MlflowRoundStore:
     import os
 
-    from fl.registry.store import open_store, stack_store
+    from fl.registry.store import open_store
 
     # MLflow's INFO lines (database migrations) are noise on the command line.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    location, experiment = stack_store(stack_from_args(args))
-    return open_store(location, experiment)
+    registry = stack_from_args(args).registry
+    return open_store(registry.location, registry.experiment)
 
 
 def _round_row(info: RunInfo, r: RoundInfo) -> dict[str, Any]:
@@ -159,10 +159,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_store(args: argparse.Namespace) -> int:
     """Print the store's tracking URI and how to browse it with the MLflow UI."""
-    from fl.registry.store import resolve_store, stack_store
+    from fl.registry.store import resolve_store
 
-    location, experiment = stack_store(stack_from_args(args))
-    uri, artifacts = resolve_store(location)
+    registry = stack_from_args(args).registry
+    experiment = registry.experiment
+    uri, artifacts = resolve_store(registry.location)
     print(f"experiment:   {experiment}")
     print(f"tracking URI: {uri}")
     if artifacts:

@@ -33,10 +33,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Run the optimizer for the stack and print the plan."""
-    from optimizer import PlanRequest, plan
+    from fedcloud.federation import plan_request
+    from optimizer import plan
 
-    raw = stack_from_args(args)
-    request = PlanRequest.from_raw(raw)
+    request = plan_request(stack_from_args(args))
     result = plan(request, method=args.method)
     if args.plot:
         from optimizer.plot import plot_plan

@@ -62,16 +62,16 @@ def run_up(args: argparse.Namespace) -> int:
 
     from fedcloud.local.stack import OUTPUTS_FILE, up
 
-    raw = stack_from_args(args)
+    cfg = stack_from_args(args)
     console = Console(stderr=bool(args.json))
-    outputs = up(raw, report=console.print, status=console.status)
+    outputs = up(cfg, report=console.print, status=console.status)
     if args.json:
         sys.stdout.write(json.dumps(outputs, indent=1, sort_keys=True) + "\n")
     else:
         _print_outputs(console, outputs)
         total = sum(outputs["timings"].values())
-        console.print(f"outputs: {raw.state_dir / OUTPUTS_FILE}; phases took {total:.0f} s. "
-                      f"Stop everything with: fedcloud down --stack {raw.stack}")
+        console.print(f"outputs: {cfg.state_dir / OUTPUTS_FILE}; phases took {total:.0f} s. "
+                      f"Stop everything with: fedcloud down --stack {cfg.stack}")
     return 0
 
 
@@ -79,8 +79,8 @@ def run_down(args: argparse.Namespace) -> int:
     """Run ``fedcloud down``."""
     from fedcloud.local.stack import down
 
-    raw = stack_from_args(args)
-    stopped = down(raw)
-    print(f"stopped {stopped} process group(s)/VM(s) of stack {raw.stack}" if stopped
-          else f"nothing of stack {raw.stack} was running")
+    cfg = stack_from_args(args)
+    stopped = down(cfg)
+    print(f"stopped {stopped} process group(s)/VM(s) of stack {cfg.stack}" if stopped
+          else f"nothing of stack {cfg.stack} was running")
     return 0

@@ -1,15 +1,8 @@
-"""Stack configuration: read once, validated, with errors that name the key and the fix.
+"""The stack file and Pulumi.yaml read once: a :class:`RawConfig` with defaults merged, and views.
 
-A stack is ``stacks/Pulumi.<name>.yaml`` (Pulumi's own stack file, ``stackConfigDir: stacks``).
-Every key is declared once in ``Pulumi.yaml`` with a description and, where one makes sense, a
-default; defaults are never repeated in code. Two readers produce the same :class:`RawConfig`:
-
-* :func:`load_stack` reads the YAML files directly (the local stack and the CLI, no engine);
-* ``__main__.py`` reads ``pulumi.Config()`` for the declared keys (the Pulumi program).
-
-Each part parses its own section from a :class:`ConfigView` into a frozen dataclass
-(``optimizer.request``, ``fedcloud.core.training``, ``fl.inventory`` ...), so the same validation serves
-both compositions.
+A stack is ``stacks/Pulumi.<name>.yaml`` (``stackConfigDir: stacks``); every key is declared
+once in ``Pulumi.yaml`` with its default. :class:`ConfigView` gives typed access whose errors
+name the full key and the fix; ``fedcloud/core/stack.py`` builds the typed StackConfig from it.
 """
 
 from __future__ import annotations
@@ -23,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import yaml
-
 from fedcloud.core.errors import ConfigError
 
 PROJECT = "fedcloud"
@@ -36,20 +27,9 @@ _MISSING: Any = object()
 
 
 def _read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found.", "check the path or the stack name.") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(
-            f"{path}:{where} is not valid YAML ({problem}).",
-            "correct the YAML syntax at that position.",
-        ) from None
+    from fedcloud.core.files import load_yaml  # strict: bounded, no aliases, no duplicate keys
+
+    return load_yaml(path)
 
 
 def project_declarations(project_file: Path = PROJECT_FILE) -> dict[str, dict[str, Any]]:

@@ -41,7 +41,7 @@ class ManagedProcess:
         return self.proc.pid
 
     def alive(self) -> bool:
-        """Return whether the leader is still running."""
+        """Return whether the process group leader is still running."""
         return self.proc.poll() is None
 
     def log_text(self) -> str:
@@ -74,7 +74,7 @@ class ManagedProcess:
             except subprocess.TimeoutExpired:
                 self._signal_group(signal.SIGKILL)
                 self.proc.wait(timeout=timeout_s)
-        # Children (a ServerApp, a ClientApp) may outlive the leader: clear the group.
+        # Children (a ServerApp, a ClientApp) may outlive the group leader: clear the group.
         self._signal_group(signal.SIGKILL)
         self._close_log()
         return self.proc.returncode

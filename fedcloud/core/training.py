@@ -1,8 +1,7 @@
-"""The ``fedcloud:training`` stack section: parsed once into a frozen dataclass, passed to Flower.
+"""The ``fedcloud:training`` section, typed, and its rendering as a Flower run config.
 
-Defaults live in ``Pulumi.yaml`` only. :meth:`TrainingSettings.run_config` maps the settings to
-the Flower run config keys the ServerApp reads (``fl/runconfig.py``), and
-:meth:`TrainingSettings.run_config_arg` renders them for ``flwr run --run-config``.
+:meth:`TrainingSettings.run_config` maps it to the keys the ServerApp reads
+(``fl/app/runconfig.py``); :func:`config_args` renders ``--run-config``/``--node-config``.
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fedcloud.core.config import ConfigView, RawConfig, project_defaults
+from fedcloud.core.config import ConfigView
 from fedcloud.core.errors import ConfigError
 from fl.app.runconfig import MODEL_CLASSES, MODEL_FIXED_IMAGE_SIZE, RunConfig
 
@@ -54,7 +53,7 @@ class TrainingSettings:
 
     Attributes:
         model: ``covid_cnn`` or ``cifar_cnn``.
-        width: Channel width of the covid CNN (32 = the brief's ~26 MB model).
+        width: Channel width of the covid CNN (32 = the case study's ~26 MB model).
         image_size: Side of the square input images in pixels.
         rounds: Federated rounds.
         local_epochs: Local epochs per round.
@@ -147,15 +146,3 @@ def parse_training(view: ConfigView) -> TrainingSettings:
         insecure=view.get_bool("insecure"),
     )
     return settings
-
-
-def load_training(raw: RawConfig) -> TrainingSettings:
-    """Parse ``fedcloud:training`` of a stack.
-
-    Keys the stack leaves out take their default from the declaration in ``Pulumi.yaml`` (the
-    section is merged key by key, so a stack may set ``rounds`` alone).
-    """
-    top = raw.view()
-    stack_values = top.sub("training").data
-    merged = {**(project_defaults().get("training") or {}), **stack_values}
-    return parse_training(ConfigView(top.source, top.key("training"), merged))

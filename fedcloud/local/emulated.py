@@ -1,39 +1,8 @@
 """Emulated private VMs: one real OpenSSH ``sshd`` per Active VM on its own loopback address.
 
-Used by the orchestrator's ``slow`` tests, ``benchmarks/orchestrator.py`` and the local stack
-(``stacks/Pulumi.local.yaml``). Typical use::
-
-    cloud = EmulatedCloud(root=state_dir / "vms")
-    specs = cloud.start([VmRequest("vm-001", "Active", 4, 8, 40), ...])   # tuple[VmSpec, ...]
-    ...   # dispatch to ``specs`` with fl.orchestrator.ssh.ParamikoTransport (fingerprints are pinned)
-    cloud.stop()                                   # or EmulatedCloud.stop_from_state(root)
-
-What a VM is here:
-
-* **Address**: its own ``127.0.1.x`` (the Flower engineer's hosts use ``127.0.2.x``) and a free
-  port picked at start (other users run ``sshd`` on the same addresses concurrently).
-* **Host key**: a fresh ed25519 key; :attr:`VmSpec.host_key_fingerprint` is its pinned
-  ``SHA256:`` fingerprint (``ssh-keygen -lf``), so connections verify it with the default
-  ``reject`` policy.
-* **User**: ``root`` with public-key login only (``PermitRootLogin prohibit-password``, no
-  passwords, no PAM): ``sshd`` runs as root on this machine and cannot switch to another user
-  without one existing. One user key per :class:`EmulatedCloud` (``<root>/id_ed25519``, 0600) is
-  in every VM's ``authorized_keys``.
-* **Resources**: what the private cloud *declares* is also enforced on everything started through
-  that VM's ``sshd``: CPU affinity limited to ``vcpus`` cores (``nproc`` reports it) and the
-  address-space limit (``RLIMIT_AS``) set to ``memory_gb``. A below-spec VM (0.25 GB) really cannot
-  start a SuperNode (its threads do not fit).
-* **Venv**: ``<vm>/venv/bin`` holds wrappers of this project's ``.venv`` (``python``,
-  ``flower-supernode``, ``flower-superexec``, ``flwr-clientapp``...), so ``VmSpec.venv`` works as
-  on a real VM. The ``flower-supernode`` wrapper fails the start with the probability in the VM's
-  fault file (:meth:`EmulatedCloud.set_fault_rate`): a real failing start command, used by the
-  tests (``broken``) and the benchmark's fault injection.
-* **Inactive** VMs get an address and a port where nothing listens (connection refused).
-* **Stop**: every session of a VM's ``sshd`` carries ``FEDCLOUD_EMULATED_VM=<token>`` (sshd's
-  ``SetEnv``); :meth:`EmulatedCloud.crash` and :meth:`EmulatedCloud.stop` kill the ``sshd`` by
-  PID, then every process carrying that VM's token (found in ``/proc/<pid>/environ``), so no
-  SuperNode or supervisor survives. The PIDs and tokens are also in ``<root>/emulated.json`` so
-  another process can stop them (:meth:`EmulatedCloud.stop_from_state`).
+Used by the local stack, the orchestrator's slow tests and ``benchmarks/orchestrator.py``: host
+keys pinned, public-key login only, vCPUs and memory enforced, a fault rate per VM, nothing left
+running after :meth:`EmulatedCloud.stop`. See fl/README.md, "Emulated VMs".
 """
 
 from __future__ import annotations
@@ -43,6 +12,7 @@ import ipaddress
 import json
 import os
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -58,6 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from fedcloud.core.errors import OrchestratorError
+from fedcloud.core.files import write_atomic, write_json_atomic
 from fedcloud.core.participants import VmSpec
 
 SSHD_START_TIMEOUT_S = 10.0
@@ -89,7 +60,7 @@ def sshd_path() -> str:
 
 @dataclass(frozen=True)
 class VmRequest:
-    """One VM as the participant's private cloud declares it (the brief's table)."""
+    """One VM as the participant's private cloud declares it (the orchestrator's VM table)."""
 
     id: str
     state: str
@@ -220,14 +191,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# The values are shell-quoted (shlex.quote) before they are put in.
 _SUPERNODE_WRAPPER = """#!/bin/sh
-# Emulated VM {vm_id}: this VM's flower-supernode. Fails the start with the probability (per
-# mille) in {fault_file}, as a VM with a broken runtime would (infra/emulated.py).
-if [ -s {fault_file} ]; then
-  rate=$(cat {fault_file})
+# An emulated VM's flower-supernode (fedcloud/local/emulated.py): fails the start with the
+# probability (per mille) in the VM's fault file, as a VM with a broken runtime would.
+fault_file={fault_file}
+if [ -s "$fault_file" ]; then
+  rate=$(cat "$fault_file")
   draw=$(od -An -N2 -tu2 /dev/urandom | tr -d ' ')
   if [ $((draw % 1000)) -lt "$rate" ]; then
-    echo "emulated fault on {vm_id}: flower-supernode failed to start" >&2
+    printf 'emulated fault on %s: flower-supernode failed to start\\n' {vm_id} >&2
     echo "$(date +%s) fault" >> {fault_log}
     exit 70
   fi
@@ -380,10 +353,11 @@ class EmulatedCloud:
         for exe in sorted(_VENV_BIN.iterdir()):
             name = exe.name
             if name == SUPERNODE_WRAPPED:
-                text = _SUPERNODE_WRAPPER.format(vm_id=vm_id, fault_file=fault_file,
-                                                 fault_log=fault_log, target=exe)
+                text = _SUPERNODE_WRAPPER.format(
+                    vm_id=shlex.quote(vm_id), fault_file=shlex.quote(str(fault_file)),
+                    fault_log=shlex.quote(str(fault_log)), target=shlex.quote(str(exe)))
             elif name.startswith("python"):
-                text = _PYTHON_WRAPPER.format(target=exe)
+                text = _PYTHON_WRAPPER.format(target=shlex.quote(str(exe)))
             elif name.startswith(("flwr", "flower-")):
                 (bin_dir / name).symlink_to(exe)
                 continue
@@ -405,9 +379,7 @@ class EmulatedCloud:
         """Make the VM's ``flower-supernode`` fail each start with ``probability`` (0 to 1)."""
         permille = round(max(0.0, min(1.0, probability)) * 1000)
         vm = self.vms[vm_id]
-        tmp = vm.fault_file.with_suffix(".tmp")
-        tmp.write_text(f"{permille}\n")
-        os.replace(tmp, vm.fault_file)
+        write_atomic(vm.fault_file, f"{permille}\n".encode())
 
     def faults_injected(self, vm_id: str) -> int:
         """Return how many starts the VM's fault wrapper has failed so far."""
@@ -436,9 +408,7 @@ class EmulatedCloud:
              "spec": {k: str(v) if isinstance(v, Path) else v
                       for k, v in asdict(vm.spec).items()}}
             for vm in self.vms.values()]}
-        tmp = self.root / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, self.root / STATE_FILE)
+        write_json_atomic(self.root / STATE_FILE, doc)
 
     @staticmethod
     def stop_from_state(root: Path) -> int:
@@ -459,9 +429,7 @@ class EmulatedCloud:
             else:
                 _kill_vm(None, item["token"])
             item["pid"] = None
-        tmp = root / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, path)
+        write_json_atomic(path, doc)
         return len(doc["vms"])
 
 
@@ -480,10 +448,10 @@ def _is_sshd(pid: int) -> bool:
 
 
 def brief_vms(prefix: str = "vm") -> list[VmRequest]:
-    """Return the brief's five VMs (orchestrator experiment table).
+    """Return the orchestrator experiment's five reference VMs (3 Active, 2 Inactive).
 
-    vm-004's spec is "any" in the brief; it is declared like vm-002. vm-005 is "below the minimum
-    spec": 1 vCPU, 0.25 GB, 8 GB disk.
+    vm-004's spec is "any" in the experiment's table; it is declared like vm-002. vm-005 is
+    "below the minimum spec": 1 vCPU, 0.25 GB, 8 GB disk.
     """
     return [
         VmRequest(f"{prefix}-001", "Active", 4, 8, 40),

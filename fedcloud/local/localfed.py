@@ -1,18 +1,9 @@
 """A Flower federation of local processes on loopback, for tests and benchmarks.
 
-One deployment's certificates (``fl.initializer.certs``), a TLS SuperLink with SuperNode authentication
-(``fl.initializer.superlink``), the ``flwr`` CLI on the deployment's own ``FLWR_HOME`` with every
-participant's key registered (``fl.initializer.training.register_nodes``), and, for
-:func:`local_federation`, one SuperNode per participant on its own loopback address, all online
-before the caller runs anything.
-
-Each caller keeps its own loopback range (tests 127.0.2.x, the delay study 127.0.3.x, ...), so
-runs that share the machine never collide; ports are picked free on each address.
-
-* :func:`start_local_superlink`: the SuperLink part alone (the caller starts its SuperNodes
-  another way, e.g. over SSH, and stops ``.link``).
-* :func:`local_federation`: the whole federation as a context manager that stops every process
-  at exit.
+:func:`local_federation` starts certificates, a TLS SuperLink with node authentication, the
+``flwr`` CLI with every key registered and one SuperNode per participant, all online, and stops
+them at exit; :func:`start_local_superlink` is the SuperLink part alone.
+See fl/README.md, "Local federations".
 """
 
 from __future__ import annotations

@@ -1,19 +1,8 @@
-"""Synthetic datasets in exactly the real layouts, partitioned per participant (IID or Dirichlet).
+r"""Synthetic datasets in exactly the real layouts, partitioned per participant (IID or Dirichlet).
 
-Demos and tests run the real loaders (``fl/data.py``) on these files:
-
-* ``covid``: ``<out>/<participant>/{train,test}/{Covid,Normal,Viral Pneumonia}/NNNNN.png``,
-  grayscale "chest X-rays": a bright torso with two dark lungs; Covid adds diffuse bright
-  ground-glass blobs in the lower lungs, Viral Pneumonia adds streaky line opacities, Normal
-  lungs are clear. Positions, sizes and noise vary per image, so a CNN has to learn the pattern.
-* ``cifar``: ``<out>/<participant>/cifar-10-batches-py/{data_batch_1,test_batch,batches.meta}``
-  pickled like CIFAR-10's python version; each class has its own colour and stripe direction.
-
-Partitions: ``alpha=None`` splits each split IID (shuffled, equal shares); ``alpha > 0`` draws
-each class's shares across participants from Dirichlet(alpha) (smaller = more skewed), the usual
-non-IID benchmark. Usage::
-
-    python -m fedcloud.local.synth covid OUT --participants us,asia,eu --train 300 --test 60 --alpha 0.5
+``covid`` writes chest-X-ray-like PNG folders, ``cifar`` CIFAR-10 python batches, for the real
+loaders (``fl/app/data.py``): ``python -m fedcloud.local.synth covid OUT --participants a,b,c``.
+See fl/README.md, "Synthetic data".
 """
 
 from __future__ import annotations
@@ -29,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from fedcloud.core.errors import ConfigError
+from fedcloud.core.files import write_atomic
 from fl.app.data import CIFAR_CLASSES, CIFAR_DIR, CIFAR_TEST_BATCH, COVID_CLASSES
-from fl.initializer.certs import write_atomic
 
 KINDS = ("covid", "cifar")
 PARTITION_TRIES = 100
@@ -183,8 +172,9 @@ def generate(kind: str, out_dir: Path, participants: Sequence[str], train_per_pa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m fedcloud.local.synth {covid,cifar} OUT --participants a,b,c ...``."""
-    parser = argparse.ArgumentParser(prog="python -m fedcloud.local.synth", description=__doc__.split("\n")[0])
+    """Command line: ``python -m fedcloud.local.synth {covid,cifar} OUT --participants a,b ...``."""
+    parser = argparse.ArgumentParser(prog="python -m fedcloud.local.synth",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("out", type=Path)
     parser.add_argument("--participants", default="p1,p2,p3",

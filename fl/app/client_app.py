@@ -1,7 +1,8 @@
 """The Flower ClientApp: runs on each participant's SuperNode, on that participant's data only.
 
 Thin: it reads the run config (``context.run_config``) and the node's data directory
-(``context.node_config["data-dir"]``, set by ``fl/supernode.py``), and calls ``fl/task.py``.
+(``context.node_config["data-dir"]``, set by ``fl/orchestrator/supernode.py``), and calls
+``fl/app/task.py``.
 Each reply carries exactly one MetricRecord with ``num-examples`` (and one ArrayRecord for
 train), plus a ConfigRecord naming the participant for the per-client figures.
 """

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fedcloud.core.errors import TrainingError
+from fl.app.errors import AppError
 
 COVID_CLASSES: tuple[str, ...] = ("Covid", "Normal", "Viral Pneumonia")
 CIFAR_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
@@ -46,19 +46,19 @@ class Split:
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise TrainingError(f"unknown data split '{split}'.", f"use one of {SPLITS}.")
+        raise AppError(f"unknown data split '{split}'.", f"use one of {SPLITS}.")
 
 
 def load_covid(data_dir: Path, split: str, image_size: int) -> Split:
     """Load one split of the Kaggle Covid-19 layout as grayscale ``N x 1 x S x S``.
 
     Raises:
-        TrainingError: The split or a class folder is missing, or an image cannot be read.
+        AppError: The split or a class folder is missing, or an image cannot be read.
     """
     _check_split(split)
     root = Path(data_dir) / split
     if not root.is_dir():
-        raise TrainingError(
+        raise AppError(
             f"{root} does not exist (expected the Kaggle Covid-19 layout: "
             f"{split}/{{{', '.join(COVID_CLASSES)}}}/).",
             "point the participant's dataDir at the dataset root, or generate one with "
@@ -69,8 +69,8 @@ def load_covid(data_dir: Path, split: str, image_size: int) -> Split:
     for label, name in enumerate(COVID_CLASSES):
         folder = root / name
         if not folder.is_dir():
-            raise TrainingError(f"class folder {folder} is missing.",
-                                f"create {folder} with that class's images (it may be empty).")
+            raise AppError(f"class folder {folder} is missing.",
+                           f"create {folder} with that class's images (it may be empty).")
         for path in sorted(folder.iterdir()):
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
@@ -80,8 +80,8 @@ def load_covid(data_dir: Path, split: str, image_size: int) -> Split:
                                                    Image.Resampling.BILINEAR)
                     xs.append(np.asarray(gray, dtype=np.uint8))
             except (OSError, ValueError) as exc:
-                raise TrainingError(f"cannot read image {path}: {exc}.",
-                                    "remove or replace the corrupt file.") from None
+                raise AppError(f"cannot read image {path}: {exc}.",
+                               "remove or replace the corrupt file.") from None
             ys.append(label)
     if not xs:
         return Split(np.zeros((0, 1, image_size, image_size), np.float32), np.zeros(0, np.int64))
@@ -100,7 +100,7 @@ def load_cifar(data_dir: Path, split: str) -> Split:
     """Load one split of CIFAR-10's python batches as RGB ``N x 3 x 32 x 32``.
 
     Raises:
-        TrainingError: A batch file is missing or is not a CIFAR-10 batch.
+        AppError: A batch file is missing or is not a CIFAR-10 batch.
     """
     _check_split(split)
     root = cifar_root(data_dir)
@@ -112,20 +112,20 @@ def load_cifar(data_dir: Path, split: str) -> Split:
         if not path.exists():
             if split == "train" and name != CIFAR_TRAIN_BATCHES[0]:
                 continue  # a participant's share may hold fewer than five batches
-            raise TrainingError(f"{path} does not exist (expected CIFAR-10's python batches).",
-                                f"put {CIFAR_DIR}/ (data_batch_1.., test_batch) in the dataDir.")
+            raise AppError(f"{path} does not exist (expected CIFAR-10's python batches).",
+                           f"put {CIFAR_DIR}/ (data_batch_1.., test_batch) in the dataDir.")
         try:
             with open(path, "rb") as handle:
                 batch = pickle.load(handle, encoding="bytes")
             data = np.asarray(batch[b"data"], dtype=np.uint8)
             labels = np.asarray(batch[b"labels"], dtype=np.int64)
         except (OSError, pickle.UnpicklingError, KeyError, TypeError, EOFError) as exc:
-            raise TrainingError(f"{path} is not a CIFAR-10 python batch ({exc}).",
-                                "download the 'python version' of CIFAR-10 again.") from None
+            raise AppError(f"{path} is not a CIFAR-10 python batch ({exc}).",
+                           "download the 'python version' of CIFAR-10 again.") from None
         if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
-            raise TrainingError(f"{path} has data of shape {data.shape} for {labels.shape[0]} "
-                                "labels; CIFAR-10 rows are 3072 bytes.",
-                                "download the 'python version' of CIFAR-10 again.")
+            raise AppError(f"{path} has data of shape {data.shape} for {labels.shape[0]} "
+                           "labels; CIFAR-10 rows are 3072 bytes.",
+                           "download the 'python version' of CIFAR-10 again.")
         xs.append(data)
         ys.append(labels)
     data = np.concatenate(xs)
@@ -139,4 +139,4 @@ def load_split(model: str, data_dir: Path, split: str, image_size: int) -> Split
         return load_covid(data_dir, split, image_size)
     if model == "cifar_cnn":
         return load_cifar(data_dir, split)
-    raise TrainingError(f"no dataset loader for model '{model}'.", "use covid_cnn or cifar_cnn.")
+    raise AppError(f"no dataset loader for model '{model}'.", "use covid_cnn or cifar_cnn.")

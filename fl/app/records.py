@@ -1,7 +1,7 @@
 """The per-round record interface between the ServerApp and the Model Manager.
 
-The ServerApp (``fl/server_app.py``) writes one :class:`RoundRecord` and the global model's
-``state_dict`` after every round through a :class:`RoundStore`; ``fl/registry.py`` backs it with
+The ServerApp (``fl/app/server_app.py``) writes one :class:`RoundRecord` and the global model's
+``state_dict`` after every round through a :class:`RoundStore`; ``fl/app/store.py`` backs it with
 MLflow (tracking store + artifacts). Nothing here imports torch, Flower or MLflow.
 """
 
@@ -36,7 +36,7 @@ class RoundRecord:
 
 
 class RoundStore(Protocol):
-    """Where the rounds of one training run are recorded (implemented by ``fl/registry.py``)."""
+    """Where the rounds of one training run are recorded (implemented by ``fl/app/store.py``)."""
 
     def start_run(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         """Open a run with its parameters (run config, model spec, aggregator choice) and tags.

@@ -1,7 +1,8 @@
 """The Flower run config of the fedcloud app: one typed record, its Flower keys, its validation.
 
-This module travels inside the FAB (see ``fl/bundle.py``), so it imports nothing from the project
-outside the app. The stack side (``fl/settings.py``) builds a :class:`RunConfig`; the ServerApp
+This module travels inside the FAB (see ``fl/initializer/bundle.py``), so it imports nothing from
+the project outside the app. The stack side (``fedcloud/core/training.py``) builds a
+:class:`RunConfig`; the ServerApp
 reads it back from ``context.run_config`` with :meth:`RunConfig.from_flower`.
 """
 

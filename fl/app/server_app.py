@@ -1,239 +1,38 @@
-"""The Flower ServerApp: FedAvg over the participants, bounded waits, one record per round.
+"""The Flower ServerApp: read the run config, run the bounded FedAvg, record every round.
 
-Runs on the SuperLink host (the aggregator), started by the SuperLink for each run. It reads the
-run config, builds the model (``fl/task.py``) and drives :class:`BoundedFedAvg` with
-``FedAvg.start``. After every round it writes a :class:`fl.app.records.RoundRecord` (the five metrics
-from the summed confusion matrices, per-client figures) and the global ``state_dict`` through a
-:class:`fl.app.records.RoundStore` (``fl/registry.py``, MLflow) when ``tracking-uri`` is set, and
-prints the record as one ``FEDCLOUD_ROUND {json}`` log line that ``flwr run --stream`` carries to
-the FL Initializer.
+Runs on the SuperLink host (the aggregator), started by the SuperLink for each run. Thin: it
+reads ``context.run_config`` (:class:`fl.app.runconfig.RunConfig`), builds the model
+(``fl/app/task.py``), opens the round writer (``fl/app/store.py``, MLflow) when ``tracking-uri``
+is set, and drives :class:`fl.app.strategy.BoundedFedAvg` with ``FedAvg.start``; the strategy
+records each round and prints its ``FEDCLOUD_ROUND`` line.
 
-Never hangs: Flower's own node sampling waits forever for ``min_available_nodes``. Here each
-phase waits at most ``node-wait-s`` for ``min-nodes`` connected nodes, each phase's replies at most
-``phase-timeout-s``; a node that missed a phase is skipped afterwards while enough others are
-online (it is re-admitted when needed, e.g. after the orchestrator restarted it). When fewer than
-``min-nodes`` are connected after the wait, or fewer reply, the run ends with status
-``NODES_LOST`` (a ``FEDCLOUD_STATUS`` line, the store's run closed as ``FAILED``, Flower's run
-``finished:failed``).
+It ends with one ``FEDCLOUD_STATUS {json}`` line: ``COMPLETED``; ``NODES_LOST`` when fewer than
+``min-nodes`` participants were connected or replying (the store's run closed as ``FAILED``,
+Flower's run ``finished:failed``); ``FAILED`` for any other error.
 """
 
 from __future__ import annotations
 
 import json
-import random
-import time
-from collections.abc import Iterable
-from logging import INFO, WARNING
-from typing import Any
+from logging import INFO
 
-import numpy as np
 import torch
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
 
 from fl.app import task
-from fl.app.records import METRICS, RoundRecord, RoundStore
-from fl.app.runconfig import ROUND_MARK, STATUS_MARK, RunConfig
+from fl.app.records import RoundStore
+from fl.app.runconfig import STATUS_MARK, RunConfig
+from fl.app.strategy import BoundedFedAvg, NodesLostError
 
 STATUS_COMPLETED = "COMPLETED"
 STATUS_NODES_LOST = "NODES_LOST"
 STATUS_FAILED = "FAILED"
-NODE_POLL_S = 1.0
+# Run config keys that are not recorded as run params (where and under which name to record).
+UNRECORDED_KEYS: tuple[str, ...] = ("tracking-uri", "run-name")
 
 app = ServerApp()
-
-
-class NodesLostError(RuntimeError):
-    """Fewer than ``min-nodes`` participants are connected or replying."""
-
-
-class BoundedFedAvg(FedAvg):
-    """FedAvg whose node sampling and reply counting are bounded and tracked.
-
-    Args:
-        cfg: The run config.
-        store: Where rounds are recorded (``None``: only the log line).
-    """
-
-    def __init__(self, cfg: RunConfig, store: RoundStore | None) -> None:
-        super().__init__(fraction_train=cfg.fraction_train, fraction_evaluate=1.0,
-                         min_train_nodes=cfg.min_nodes, min_evaluate_nodes=cfg.min_nodes,
-                         min_available_nodes=cfg.min_nodes)
-        self.cfg = cfg
-        self.store = store
-        self.dropped: set[int] = set()
-        self.sent: dict[str, list[int]] = {}
-        self.train_stats: dict[int, dict[str, Any]] = {}
-        self.pending: dict[int, RoundRecord] = {}
-        self.rounds: list[RoundRecord] = []
-        self.phase_started = 0.0
-        self.round_started = 0.0
-        self.phase_s: dict[str, float] = {}
-
-    # -- sampling ---------------------------------------------------------------------------
-
-    def select_nodes(self, grid: Grid, phase: str, server_round: int) -> list[int]:
-        """Wait at most ``node-wait-s`` for ``min-nodes`` usable nodes and sample them.
-
-        Raises:
-            NodesLostError: Still fewer than ``min-nodes`` connected after the wait.
-        """
-        need = self.cfg.min_nodes
-        deadline = time.monotonic() + self.cfg.node_wait_s
-        while True:
-            online = sorted(int(n) for n in grid.get_node_ids())
-            usable = [n for n in online if n not in self.dropped]
-            if len(usable) < need <= len(online):
-                usable = online  # re-admit nodes that missed a phase rather than stop
-            if len(usable) >= need:
-                break
-            if time.monotonic() >= deadline:
-                raise NodesLostError(
-                    f"round {server_round} {phase}: {len(online)} node(s) connected after "
-                    f"waiting {self.cfg.node_wait_s:g} s; at least {need} needed")
-            log(INFO, "%s round %s: %d of %d nodes connected, waiting (up to %.0f s)",
-                phase, server_round, len(usable), need, deadline - time.monotonic())
-            time.sleep(NODE_POLL_S)
-        fraction = self.cfg.fraction_train if phase == "train" else 1.0
-        size = min(len(usable), max(int(len(usable) * fraction), need))
-        chosen = sorted(random.Random(self.cfg.seed * 1000 + server_round).sample(usable, size))
-        self.sent[phase] = chosen
-        self.phase_started = time.monotonic()
-        if phase == "train":
-            self.round_started = self.phase_started
-        log(INFO, "%s round %s: sent to %d of %d connected nodes", phase, server_round,
-            len(chosen), len(online))
-        return chosen
-
-    def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                  node_ids: list[int], message_type: str) -> Iterable[Message]:
-        config["server-round"] = server_round
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, node_ids, message_type)
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        """Sample nodes (bounded wait) and build the train messages."""
-        nodes = self.select_nodes(grid, "train", server_round)
-        return self._messages(server_round, arrays, config, nodes, MessageType.TRAIN)
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        """Sample nodes (bounded wait) and build the evaluate messages."""
-        nodes = self.select_nodes(grid, "evaluate", server_round)
-        return self._messages(server_round, arrays, config, nodes, MessageType.EVALUATE)
-
-    def _account(self, phase: str, server_round: int, replies: list[Message]) -> list[Message]:
-        """Keep valid replies, mark silent nodes as dropped, enforce the minimum."""
-        valid = [m for m in replies if not m.has_error()]
-        # Error replies of a dead node carry the SuperLink's id: count by whom we sent to.
-        answered = {int(m.metadata.src_node_id) for m in valid}
-        missing = [n for n in self.sent.get(phase, []) if n not in answered]
-        for node in missing:
-            self.dropped.add(node)
-        self.dropped -= answered
-        waited = time.monotonic() - self.phase_started
-        self.phase_s[phase] = waited
-        if missing:
-            log(WARNING, "%s round %s: no reply from node(s) %s after %.1f s; skipping them "
-                "while enough others are online", phase, server_round, missing, waited)
-        if len(valid) < self.cfg.min_nodes:
-            raise NodesLostError(
-                f"round {server_round} {phase}: {len(valid)} valid repl(ies) within "
-                f"{self.cfg.phase_timeout_s:g} s; at least {self.cfg.min_nodes} needed")
-        return valid
-
-    # -- aggregation ------------------------------------------------------------------------
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message],
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """FedAvg the valid replies and keep each client's training figures."""
-        valid = self._account("train", server_round, list(replies))
-        self.train_stats = {}
-        for msg in valid:
-            metrics = msg.content.metric_records["metrics"]
-            self.train_stats[int(msg.metadata.src_node_id)] = {
-                "train_loss": _num(metrics["train-loss"]),
-                "train_time_s": _num(metrics["train-time-s"]),
-                "delay_s": _num(metrics["delay-s"]),
-                "train_examples": int(_num(metrics["num-examples"])),
-            }
-        return super().aggregate_train(server_round, valid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message],
-                           ) -> MetricRecord | None:
-        """Global metrics from the summed confusion matrices, plus per-client figures."""
-        valid = self._account("evaluate", server_round, list(replies))
-        k = self.cfg.num_classes
-        per_client: list[dict[str, Any]] = []
-        evals: list[tuple[int, float, np.ndarray]] = []
-        for msg in sorted(valid, key=lambda m: int(m.metadata.src_node_id)):
-            node = int(msg.metadata.src_node_id)
-            metrics = msg.content.metric_records["metrics"]
-            num = int(_num(metrics["num-examples"]))
-            loss = _num(metrics["eval-loss"])
-            cm = np.asarray(metrics["confusion"], dtype=np.int64).reshape(k, k)
-            evals.append((num, loss, cm))
-            client = {"participant": str(msg.content.config_records["client"]["participant"]),
-                      "node_id": node, "num_examples": num, "loss": loss,
-                      **task.metrics_from_confusion(cm), **self.train_stats.get(node, {})}
-            per_client.append(client)
-        agg = task.aggregate_evaluations(evals)
-        stats = list(self.train_stats.values())
-        extra = {
-            "train_nodes": len(stats),
-            "max_client_train_s": max((s["train_time_s"] for s in stats), default=0.0),
-            "max_client_delay_s": max((s["delay_s"] for s in stats), default=0.0),
-            "dropped_nodes": sorted(self.dropped),
-            "train_phase_s": self.phase_s.get("train", 0.0),
-            "evaluate_phase_s": self.phase_s.get("evaluate", 0.0),
-        }
-        record = RoundRecord(
-            server_round=server_round,
-            metrics={name: float(agg[name]) for name in METRICS},
-            per_client=tuple(per_client),
-            confusion=tuple(tuple(int(v) for v in row) for row in agg["confusion"]),
-            extra=extra,
-        )
-        self.pending[server_round] = record
-        return MetricRecord({name: float(agg[name]) for name in METRICS})
-
-    # -- per-round checkpoint (FedAvg.start calls this after every round) ------------------
-
-    def checkpoint(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Record the round's metrics and the global model; print the round line."""
-        record = self.pending.pop(server_round, None)
-        if record is None:
-            return None  # round 0 (the initial model): nothing evaluated yet
-        if self.store is not None:
-            self.store.log_round(record, arrays.to_torch_state_dict())
-        extra = {**record.extra, "round_wall_s": time.monotonic() - self.round_started}
-        record = RoundRecord(server_round=record.server_round, metrics=record.metrics,
-                             per_client=record.per_client, confusion=record.confusion,
-                             extra=extra)
-        self.rounds.append(record)
-        line = {"round": record.server_round, "metrics": dict(record.metrics),
-                "per_client": list(record.per_client), "confusion": record.confusion,
-                **record.extra}
-        log(INFO, "%s %s", ROUND_MARK, json.dumps(line, sort_keys=True))
-        return MetricRecord(dict(record.metrics))
-
-
-def _num(value: object) -> float:
-    """Return a scalar record value as float (records are typed as unions of lists too)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"expected a number in the reply, got {value!r}")
-    return float(value)
 
 
 def _status_line(status: str, detail: str, rounds: int, run_id: str | None) -> None:
@@ -242,12 +41,21 @@ def _status_line(status: str, detail: str, rounds: int, run_id: str | None) -> N
 
 
 def open_round_store(cfg: RunConfig) -> RoundStore | None:
-    """Return the Model Manager's store for ``tracking-uri`` (``None`` when it is empty)."""
+    """Return the round writer for ``tracking-uri`` (``None`` when it is empty)."""
     if not cfg.tracking_uri:
         return None
-    from fl.registry.store import open_store  # only the aggregator needs MLflow
+    from fl.app.store import open_writer  # imports MLflow's telemetry switch, not MLflow
 
-    return open_store(cfg.tracking_uri, cfg.experiment)
+    return open_writer(cfg.tracking_uri, cfg.experiment)
+
+
+def _start_store_run(store: RoundStore, cfg: RunConfig, flower_run_id: int,
+                     model_bytes: int) -> str:
+    params = {**cfg.model_spec(),
+              **{k: v for k, v in cfg.to_flower().items() if k not in UNRECORDED_KEYS},
+              "model_bytes": model_bytes}
+    tags = {"flower_run_id": str(flower_run_id), "stack": cfg.stack}
+    return store.start_run(cfg.run_name or f"flower-{flower_run_id}", params, tags)
 
 
 @app.main()
@@ -256,28 +64,20 @@ def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flower(context.run_config)
     torch.manual_seed(cfg.seed)
     model = task.build_model(cfg.model_spec())
+    size = task.model_bytes(model)
     store = open_round_store(cfg)
-    store_run_id: str | None = None
-    if store is not None:
-        params = {**cfg.model_spec(), **{k: v for k, v in cfg.to_flower().items()
-                                         if k not in ("tracking-uri", "run-name")},
-                  "model_bytes": task.model_bytes(model)}
-        tags = {"flower_run_id": str(context.run_id), "stack": cfg.stack}
-        store_run_id = store.start_run(cfg.run_name or f"flower-{context.run_id}", params, tags)
+    store_run_id = None if store is None else _start_store_run(store, cfg, context.run_id, size)
     strategy = BoundedFedAvg(cfg, store)
-    log(INFO, "model %s: %d bytes of parameters", cfg.model, task.model_bytes(model))
+    log(INFO, "model %s: %d bytes of parameters", cfg.model, size)
     try:
         strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
                        num_rounds=cfg.rounds, timeout=cfg.phase_timeout_s,
                        evaluate_fn=strategy.checkpoint)
-    except NodesLostError as exc:
-        _status_line(STATUS_NODES_LOST, str(exc), len(strategy.rounds), store_run_id)
-        if store is not None:
-            store.end_run("FAILED")
-        raise
     except Exception as exc:
-        _status_line(STATUS_FAILED, f"{type(exc).__name__}: {exc}", len(strategy.rounds),
-                     store_run_id)
+        lost = isinstance(exc, NodesLostError)
+        detail = str(exc) if lost else f"{type(exc).__name__}: {exc}"
+        _status_line(STATUS_NODES_LOST if lost else STATUS_FAILED, detail,
+                     len(strategy.rounds), store_run_id)
         if store is not None:
             store.end_run("FAILED")
         raise

@@ -1,21 +1,8 @@
 """Models, local train/test loops and metrics: the ML half of the Flower app.
 
-No Flower, SSH or configuration import: ``fl/client_app.py`` and ``fl/server_app.py`` are thin
-entry points around these functions (Flower's ``quickstart-pytorch`` layout), and the Model
-Manager rebuilds a checkpoint's model with :func:`build_model`.
-
-Models:
-
-* ``covid_cnn``: the case study's CNN for 3-class grayscale chest X-rays: three conv(3x3)-ReLU-
-  maxpool blocks of ``width``, ``2*width``, ``4*width`` channels, then a dense layer of 64 and the
-  classifier. At ``width=32`` and 224 x 224 inputs it holds about 6.5 M float32 parameters
-  (~26 MB, the brief's model); tests use ``width=4`` on 32 x 32 images.
-* ``cifar_cnn``: the ``quickstart-pytorch`` CIFAR-10 net of the communication-delay study
-  (conv 3->6 k5, pool, conv 6->16 k5, pool, fc 400->120->84->10).
-
-Metrics: each client returns its confusion matrix; precision, recall and F1 are macro averages
-computed from the **summed** matrix (:func:`metrics_from_confusion`), never a mean of per-client
-scores.
+No Flower, SSH or configuration import (Flower's ``quickstart-pytorch`` layout): the models
+``covid_cnn`` and ``cifar_cnn`` (:func:`build_model`), and metrics from the summed confusion
+matrix (:func:`metrics_from_confusion`). See fl/README.md, "Models and metrics".
 """
 
 from __future__ import annotations
@@ -29,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedcloud.core.errors import TrainingError
+from fl.app.errors import AppError
 
 HIDDEN_UNITS = 64
 
@@ -40,8 +27,8 @@ class CovidCNN(nn.Module):
     def __init__(self, width: int, image_size: int, num_classes: int) -> None:
         super().__init__()
         if image_size % 8:
-            raise TrainingError(f"covid_cnn needs an image size divisible by 8, got {image_size}.",
-                                "set training.imageSize to a multiple of 8.")
+            raise AppError(f"covid_cnn needs an image size divisible by 8, got {image_size}.",
+                           "set training.imageSize to a multiple of 8.")
         chans = [1, width, 2 * width, 4 * width]
         layers: list[nn.Module] = []
         for cin, cout in itertools.pairwise(chans):
@@ -93,7 +80,7 @@ def build_model(spec: Mapping[str, Any]) -> nn.Module:
             ``num_classes`` (the run params the ServerApp records).
 
     Raises:
-        TrainingError: Unknown model or a spec value that does not fit it.
+        AppError: Unknown model or a spec value that does not fit it.
     """
     try:
         name = str(spec["model"])
@@ -102,13 +89,13 @@ def build_model(spec: Mapping[str, Any]) -> nn.Module:
             return CovidCNN(int(spec["width"]), int(spec["image_size"]), num_classes)
         if name == "cifar_cnn":
             if int(spec.get("image_size", 32)) != 32:
-                raise TrainingError("cifar_cnn takes 32 x 32 images.",
-                                    "set training.imageSize to 32.")
+                raise AppError("cifar_cnn takes 32 x 32 images.",
+                               "set training.imageSize to 32.")
             return CifarCNN(num_classes)
     except (KeyError, TypeError, ValueError) as exc:
-        raise TrainingError(f"model spec {dict(spec)} is incomplete or malformed ({exc}).",
-                            "give model, width, image_size and num_classes.") from None
-    raise TrainingError(f"unknown model '{name}'.", "use covid_cnn or cifar_cnn.")
+        raise AppError(f"model spec {dict(spec)} is incomplete or malformed ({exc}).",
+                       "give model, width, image_size and num_classes.") from None
+    raise AppError(f"unknown model '{name}'.", "use covid_cnn or cifar_cnn.")
 
 
 def model_bytes(model: nn.Module) -> int:
@@ -229,8 +216,8 @@ def aggregate_evaluations(replies: Iterable[tuple[int, float, np.ndarray]]) -> d
         examples += int(num)
         loss_sum += float(loss) * int(num)
     if total_cm is None:
-        raise TrainingError("no evaluation replies to aggregate.",
-                            "check that the participants' SuperNodes are online.")
+        raise AppError("no evaluation replies to aggregate.",
+                       "check that the participants' SuperNodes are online.")
     out: dict[str, Any] = {"loss": loss_sum / examples if examples else 0.0}
     out.update(metrics_from_confusion(total_cm))
     out["num_examples"] = examples

@@ -1,1 +1,1 @@
-"""FL Initializer: certificates, the SuperLink, the flwr CLI, the app bundle and the training run."""
+"""FL Initializer: certificates, the SuperLink, the flwr CLI, the app bundle, the training run."""

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from fedcloud.core.errors import TrainingError
-from fl.initializer.certs import write_atomic
-from fl.initializer.superlink import default_executable, venv_bin_env
+from fedcloud.core.files import write_atomic
+from fedcloud.core.flower import default_executable, venv_bin_env
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,8 @@ class FlwrCli:
             conn["insecure"] = True
         elif ca_cert is None:
             raise TrainingError(f"the flwr connection '{name}' needs the deployment CA "
-                                "certificate.", "pass ca_cert (fl.initializer.certs: <state>/certs/ca.pem).")
+                                "certificate.",
+                                "pass ca_cert (fl.initializer.certs: <state>/certs/ca.pem).")
         else:
             conn["root-certificates"] = str(Path(ca_cert).resolve())
         doc: dict[str, Any] = {"superlink": {}}

@@ -14,11 +14,9 @@ the internet). ``insecure=True`` exists only as an explicit, logged development 
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 import socket
 import ssl
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,90 +26,14 @@ from pathlib import Path
 from types import TracebackType
 
 from fedcloud.core.errors import TrainingError
-from fedcloud.core.flower import flower_env
+from fedcloud.core.flower import default_executable, superlink_argv, venv_bin_env
 from fedcloud.core.procs import ManagedProcess, spawn
 
 log = logging.getLogger(__name__)
 
-SUPERLINK_PORT = 8000
 HEALTH_TIMEOUT_S = 60.0
 HEALTH_POLL_S = 0.25
 PROBE_TIMEOUT_S = 2.0
-
-
-def superlink_argv(
-    *,
-    database: str | Path,
-    ca_cert: str | Path | None,
-    server_cert: str | Path | None,
-    server_key: str | Path | None,
-    host: str = "0.0.0.0",
-    port: int = SUPERLINK_PORT,
-    node_auth: bool = True,
-    insecure: bool = False,
-    executable: str = "flower-superlink",
-    log_file: str | Path | None = None,
-) -> list[str]:
-    """Return the ``flower-superlink`` command line (a pure function).
-
-    The cloud bootstrap runs exactly this list (with ``host="0.0.0.0"``); the local process uses
-    the aggregator's loopback address.
-
-    Args:
-        database: SQLite state file (``--database``): nodes keep their ids across restarts.
-        ca_cert: The deployment CA certificate (PEM).
-        server_cert: The SuperLink's server certificate (PEM), SAN incl. 127.0.0.1.
-        server_key: Its private key (PEM).
-        host: Address to bind.
-        port: The single SuperLink port.
-        node_auth: Accept only registered SuperNode keys (requires TLS).
-        insecure: Development only: plain HTTP, no node authentication.
-        executable: The ``flower-superlink`` program (absolute path of a venv's script, or a name
-            on PATH).
-        log_file: Optional log file (Flower rotates it).
-
-    Returns:
-        The argument vector.
-
-    Raises:
-        TrainingError: TLS material is missing while ``insecure`` is false, or node
-            authentication is asked for without TLS.
-    """
-    argv = [executable, "--host", host, "--port", str(port), "--database", str(database),
-            "--disable-runtime-dependency-installation"]
-    if insecure:
-        if node_auth:
-            raise TrainingError(
-                "SuperNode authentication needs TLS, but the SuperLink was asked to run insecure.",
-                "drop the insecure development flag, or turn node authentication off with it.",
-            )
-        argv.append("--insecure")
-    else:
-        if not (ca_cert and server_cert and server_key):
-            raise TrainingError(
-                "the SuperLink needs the CA certificate, its server certificate and key for TLS.",
-                "generate them with fl.initializer.certs.ensure_deployment_certs(...) and pass their paths.",
-            )
-        argv += ["--ssl-ca-certfile", str(ca_cert), "--ssl-certfile", str(server_cert),
-                 "--ssl-keyfile", str(server_key)]
-        if node_auth:
-            argv.append("--enable-supernode-auth")
-    if log_file is not None:
-        argv += ["--log-file", str(log_file)]
-    return argv
-
-
-def venv_bin_env(executable: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Return ``flower_env()`` with the executable's directory first on PATH.
-
-    The SuperLink launches ``flower-superexec`` and the SuperNode ``flwr-clientapp`` by name,
-    so the venv holding them must be on PATH.
-    """
-    env = flower_env(extra)
-    exe_dir = os.path.dirname(executable)
-    if exe_dir:
-        env["PATH"] = exe_dir + os.pathsep + env.get("PATH", "")
-    return env
 
 
 def health_ok(address: str, ca_cert: str | Path | None,
@@ -239,12 +161,6 @@ def start_superlink(
         f" Log tail:\n{process.log_tail()}",
         f"read {log_path}; check that the server certificate's SAN includes {host}.",
     )
-
-
-def default_executable(name: str) -> str:
-    """Return the path of a Flower console script installed next to this Python interpreter."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
 
 
 def free_port(host: str) -> int:

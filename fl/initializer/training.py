@@ -1,20 +1,9 @@
-"""The Federated Learning Initializer: connect, register the participants' keys, run, report.
+"""The training run: connect, register the participants' keys, submit the app, follow it.
 
-Given the SuperLink's address, the deployment CA, the participants' node public keys and the run
-config, :func:`start_training`:
-
-1. writes the ``flwr`` connection under the project's own ``FLWR_HOME`` (``<state>/flwr-home``);
-2. registers each participant's node key (``flwr supernode register``; idempotent across calls:
-   node ids are remembered in ``<state>/flwr-home/nodes.json``);
-3. stages the app (``fl/bundle.py``: the model code travels in the FAB) and submits it with the
-   run config (``flwr run APP CONNECTION --run-config ... --stream``);
-4. follows the streamed log, collecting the ServerApp's ``FEDCLOUD_ROUND`` lines (per-round
-   metrics) and its final ``FEDCLOUD_STATUS``; stops the run if it outlives its bound;
-5. returns run id, final status and per-round metrics, with Flower's own status and traffic
-   figures from ``flwr ls --format json``.
-
-The SuperNodes themselves are started by the orchestrator (``fl/supernode.py`` over SSH); the
-ServerApp waits at most ``node-wait-s`` for them, so the order of the two does not matter.
+:func:`start_training` writes the ``flwr`` connection, registers node keys (ids remembered in
+``<state>/flwr-home/nodes.json``), stages the FAB, runs it with the run config, collects the
+ServerApp's round and status lines, and stops a run that outlives its bound. See fl/README.md,
+"FL Initializer".
 """
 
 from __future__ import annotations
@@ -28,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from fedcloud.core.errors import TrainingError
+from fedcloud.core.files import write_atomic
 from fedcloud.core.training import config_args
 from fl.app.runconfig import ROUND_MARK, STATUS_MARK, RunConfig
 from fl.initializer.bundle import stage_app
-from fl.initializer.certs import write_atomic
-from fl.initializer.flwr_cli import FlwrCli, RunInfo
+from fl.initializer.flwr_cli import FlwrCli, RunInfo, RunStream
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +112,8 @@ def register_nodes(cli: FlwrCli, connection: str, address: str,
         key_path = Path(key_path)
         if not key_path.exists():
             raise TrainingError(f"node public key {key_path} of participant '{participant}' "
-                                "does not exist.", "generate it with fl.initializer.certs.make_node_key.")
+                                "does not exist.",
+                                "generate it with fl.initializer.certs.make_node_key.")
         # Keyed by the key alone: what knows a key is the SuperLink's database, which outlives
         # its address (the local stack's SuperLink restarts on a new port with the same file).
         key_id = key_path.read_text(encoding="ascii").split()[1]
@@ -159,6 +149,37 @@ def _final_status(rounds: list[dict[str, Any]], marks: list[dict[str, Any]], inf
     if info.status == "finished:stopped":
         return "STOPPED", info.details or "stopped"
     return "FAILED", info.details or info.status
+
+
+def _follow_to_end(cli: FlwrCli, stream: RunStream, bound: float) -> tuple[RunInfo, bool]:
+    """Wait for the run to finish within ``bound`` seconds, stopping it past the bound.
+
+    The stream ends with the run; if it broke early (connection lost), the status is polled
+    until the run finishes or the bound is reached.
+
+    Returns:
+        The run's final status and whether it was stopped for exceeding the bound.
+    """
+    deadline = time.monotonic() + bound
+    timed_out = not stream.wait(bound)
+    info = cli.run_info(CONNECTION, stream.run_id)
+    grace = time.monotonic() + FINAL_STATUS_WAIT_S
+    while not timed_out and not info.finished:
+        if time.monotonic() >= max(deadline, grace):
+            timed_out = True
+            break
+        time.sleep(STATUS_POLL_S)
+        info = cli.run_info(CONNECTION, stream.run_id)
+    if timed_out:
+        log.warning("run %s exceeded %.0f s; stopping it", stream.run_id, bound)
+        try:
+            cli.stop_run(stream.run_id, CONNECTION)
+        except TrainingError as exc:  # it may have finished in the meantime
+            log.warning("stopping run %s: %s", stream.run_id, exc)
+        finally:
+            stream.close()
+        info = cli.run_info(CONNECTION, stream.run_id)
+    return info, timed_out
 
 
 def start_training(
@@ -215,28 +236,8 @@ def start_training(
 
     stream = cli.run(app_dir, CONNECTION, config_args(run_config.to_flower()), on_line=follow)
     bound = timeout_s if timeout_s is not None else run_bound_s(run_config)
-    deadline = time.monotonic() + bound
     log.info("flower run %s submitted; bound %.0f s", stream.run_id, bound)
-    timed_out = not stream.wait(bound)
-    # The stream ends with the run; if it broke early (connection lost), keep polling the
-    # status until the run finishes or the bound is reached.
-    info = cli.run_info(CONNECTION, stream.run_id)
-    grace = time.monotonic() + FINAL_STATUS_WAIT_S
-    while not timed_out and not info.finished:
-        if time.monotonic() >= max(deadline, grace):
-            timed_out = True
-            break
-        time.sleep(STATUS_POLL_S)
-        info = cli.run_info(CONNECTION, stream.run_id)
-    if timed_out:
-        log.warning("run %s exceeded %.0f s; stopping it", stream.run_id, bound)
-        try:
-            cli.stop_run(stream.run_id, CONNECTION)
-        except TrainingError as exc:  # it may have finished in the meantime
-            log.warning("stopping run %s: %s", stream.run_id, exc)
-        finally:
-            stream.close()
-        info = cli.run_info(CONNECTION, stream.run_id)
+    info, timed_out = _follow_to_end(cli, stream, bound)
     marks = parse_marked(list(stream.lines), STATUS_MARK)
     status, detail = _final_status(rounds, marks, info, timed_out)
     store_run_id = marks[-1].get("store_run_id") if marks else None

@@ -2,9 +2,10 @@
 
 One short remote command per VM reports what the private cloud's declaration cannot: vCPUs
 (``nproc``, which honours CPU affinity), memory (``MemTotal``, or the address-space limit when one
-is set), free disk in the work directory, the load, and the Python and ``flwr`` versions of the
-VM's venv. An unreachable VM costs at most :data:`fl.orchestrator.ssh.CONNECT_TIMEOUT_S` (plus the banner and
-auth timeouts) in its own thread; the others do not wait for it.
+is set, read from ``/proc/self/limits``), free disk in the work directory, and the Python and
+``flwr`` versions of the VM's venv. An unreachable VM costs at most
+:data:`fl.orchestrator.ssh.CONNECT_TIMEOUT_S` (plus the banner and auth timeouts) in its own
+thread; the others do not wait for it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from fedcloud.core.participants import VmSpec
+from fl.orchestrator.scripts import parse_fields, work_dir
 from fl.orchestrator.ssh import COMMAND_TIMEOUT_S, SshError, Transport
 
 PROBE_COMMAND_TIMEOUT_S = 15.0
@@ -48,7 +50,6 @@ class ProbeResult:
         vcpus: CPUs usable by the VM user.
         memory_gb: Memory (GiB), the lower of ``MemTotal`` and the address-space limit.
         disk_free_gb: Free space (GiB) in the work directory's file system.
-        load1: One-minute load average.
         python: Python version of the VM's venv (``3.11.2``).
         flwr: ``flwr`` version there, ``""`` when not installed.
         elapsed_s: Wall time of the probe.
@@ -61,7 +62,6 @@ class ProbeResult:
     vcpus: int | None = None
     memory_gb: float | None = None
     disk_free_gb: float | None = None
-    load1: float | None = None
     python: str | None = None
     flwr: str | None = None
     elapsed_s: float = 0.0
@@ -84,26 +84,23 @@ def flwr_compatible(vm_version: str | None, superlink_version: str) -> bool:
 def probe_command(vm: VmSpec) -> str:
     """Return the POSIX shell command that prints the probe's ``key=value`` lines."""
     python = f"{vm.venv}/bin/python" if vm.venv else "python3"
-    work = vm.work_dir or "."
-    q = shlex.quote
-    return "; ".join([
-        f"mkdir -p {q(work)}",
+    work = shlex.quote(work_dir(vm))
+    # The address-space limit (RLIMIT_AS) as the kernel reports it: "unlimited" or bytes. Read
+    # from /proc rather than with `ulimit -v`, which POSIX sh does not define.
+    return "\n".join([
+        f"mkdir -p {work}",
         'echo "vcpus=$(nproc)"',
         "echo \"mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)\"",
-        'echo "as_kb=$(ulimit -v)"',
-        f"echo \"disk_kb=$(df -Pk {q(work)} | awk 'NR==2 {{print $4}}')\"",
-        "echo \"load1=$(cut -d' ' -f1 /proc/loadavg)\"",
-        f"{q(python)} -c {q(_PY_VERSIONS)}",
+        "echo \"as_bytes=$(awk '/^Max address space/ {print $4}' /proc/self/limits)\"",
+        f"echo \"disk_kb=$(df -Pk {work} | awk 'NR==2 {{print $4}}')\"",
+        f"{shlex.quote(python)} -c {shlex.quote(_PY_VERSIONS)}",
+        "",
     ])
 
 
 def parse_probe(vm_id: str, stdout: str, elapsed_s: float = 0.0) -> ProbeResult:
     """Parse the probe command's output into a :class:`ProbeResult` (a pure function)."""
-    fields: dict[str, str] = {}
-    for line in stdout.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            fields[key.strip()] = value.strip()
+    fields = parse_fields(stdout)
 
     def num(key: str) -> float | None:
         try:
@@ -112,9 +109,9 @@ def parse_probe(vm_id: str, stdout: str, elapsed_s: float = 0.0) -> ProbeResult:
             return None
 
     mem_kb = num("mem_kb")
-    as_kb = num("as_kb")  # "unlimited" parses as None
-    if mem_kb is not None and as_kb is not None:
-        mem_kb = min(mem_kb, as_kb)
+    as_bytes = num("as_bytes")  # "unlimited" parses as None
+    if mem_kb is not None and as_bytes is not None:
+        mem_kb = min(mem_kb, as_bytes / 1024)
     disk_kb = num("disk_kb")
     vcpus = num("vcpus")
     return ProbeResult(
@@ -122,7 +119,6 @@ def parse_probe(vm_id: str, stdout: str, elapsed_s: float = 0.0) -> ProbeResult:
         vcpus=int(vcpus) if vcpus is not None else None,
         memory_gb=mem_kb / 1024**2 if mem_kb is not None else None,
         disk_free_gb=disk_kb / 1024**2 if disk_kb is not None else None,
-        load1=num("load1"),
         python=fields.get("python") or None,
         flwr=fields.get("flwr"),
         elapsed_s=elapsed_s,

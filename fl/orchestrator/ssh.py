@@ -1,20 +1,8 @@
 """SSH to the participants' private VMs: pinned host keys, quoted commands, 0600 secrets.
 
-The orchestrator talks to a VM only through the small :class:`Transport` / :class:`Session`
-protocol defined here, so the same dispatch logic runs against :class:`ParamikoTransport` (real
-SSH, used by the stack and the ``slow`` tests against OpenSSH's ``sshd``) and against the scripted
-double in ``tests/orchestrator_fakes.py`` (fast tests).
-
-Security choices:
-
-* Host keys are checked against the ``SHA256:...`` fingerprint pinned in the inventory
-  (``VmSpec.host_key_fingerprint``) by :class:`PinnedHostKeyPolicy`. Without a pin the connection
-  is refused (``reject``, the default); trust-on-first-use (``tofu``) must be chosen explicitly
-  and logs the accepted fingerprint at WARNING level. No ``known_hosts`` file is read or written.
-* Commands are built from argv lists with :func:`shlex.quote` (:func:`remote_command`).
-* Files go over SFTP to a temporary name whose mode is set *before* any byte is written, then are
-  renamed into place, so a secret is never readable by others on the VM, not even briefly.
-* Every connection is closed (sessions are context managers); every wait has a named timeout.
+The orchestrator uses only the :class:`Transport` / :class:`Session` protocol defined here, so
+:class:`ParamikoTransport` (real SSH) and a scripted test double are interchangeable.
+See fl/README.md, "SSH: pinned host keys, quoted commands, 0600 secrets".
 """
 
 from __future__ import annotations

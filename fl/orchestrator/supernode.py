@@ -18,11 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fedcloud.core.errors import TrainingError
-from fedcloud.core.flower import FLOWER_QUIET_ENV
+from fedcloud.core.flower import FLOWER_QUIET_ENV, default_executable, venv_bin_env
 from fedcloud.core.procs import ManagedProcess, spawn
 from fedcloud.core.training import config_args
 from fl.app.runconfig import NODE_DATA_DIR, NODE_PARTICIPANT, NODE_TORCH_THREADS
-from fl.initializer.superlink import default_executable, venv_bin_env
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,8 @@ def supernode_argv(
     if not ca_cert or not private_key:
         raise TrainingError(
             f"SuperNode '{participant}' needs the deployment CA certificate and its node key.",
-            "copy ca.pem and the participant's node key (fl.initializer.certs) to the VM and pass their paths.",
+            "copy ca.pem and the participant's node key (fl.initializer.certs) to the VM and "
+            "pass their paths.",
         )
     argv += ["--root-certificates", ca_cert, "--auth-supernode-private-key", private_key]
     return argv
@@ -153,7 +153,8 @@ def start_supernode(
         torch_threads: See :func:`supernode_argv`.
 
     Returns:
-        The running process (check it comes online with ``fl.initializer.flwr_cli.FlwrCli.wait_online``).
+        The running process (check it comes online with
+        ``fl.initializer.flwr_cli.FlwrCli.wait_online``).
     """
     if insecure:
         log.warning("starting SuperNode %s INSECURE (development flag)", participant)

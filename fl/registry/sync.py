@@ -1,24 +1,9 @@
 """Bring the aggregator VM's model store home, so nothing is lost when the VM is destroyed.
 
-In the cloud stack the ServerApp runs on the aggregator VM and records every round into an
-embedded store on the VM's disk (:data:`AGGREGATOR_STORE_DIR`, SQLite + artifacts): training never
-depends on a link back to the operator. When training ends, and in any case before the VM is
-destroyed, the operator's side calls :func:`pull_store` over SFTP (the SSH session the deployment
-already holds). It
-
-1. copies the VM's store directory into a new *snapshot* directory under the stack's state
-   directory (``<state dir>/registry-pulls/pull-<UTC time>``, written as ``.partial`` and renamed
-   only when complete: a failed transfer leaves no half snapshot);
-2. imports every run and committed round of the snapshot into the operator's store (the stack's
-   store, ``fedcloud models ...`` reads it) with :meth:`MlflowRoundStore.commit_round_dir`, each
-   checkpoint verified against its recorded SHA-256; a run is matched by the tag
-   ``fedcloud.source_run_id``, so pulling again (or mid-training) imports only what is new;
-3. verifies that every round of the snapshot is now in the operator's store with the same digest.
-
-It raises :class:`fedcloud.core.errors.RegistryError` when any step fails: called from the dispatch
-provider's ``delete`` (which Pulumi runs before deleting the VM, because the dispatch depends on
-the VM), a failure stops ``pulumi destroy`` with the VM and its store still there. The snapshot is
-kept as a raw copy.
+:func:`pull_store` copies the VM's store over SFTP into a snapshot under the state directory,
+imports every committed round into the operator's store (checksums verified) and checks the
+result; it raises :class:`fedcloud.core.errors.RegistryError`, so a failed pull stops
+``pulumi destroy``. See fl/README.md, "Where the store lives".
 """
 
 from __future__ import annotations
@@ -32,16 +17,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fedcloud.core.errors import RegistryError
-from fl.registry.store import (
+from fl.app.store import (
     ARTIFACTS_DIR,
     DB_FILE,
     ROUND_TAG_PREFIX,
     ROUNDS_ARTIFACT_DIR,
     RUN_STATUSES,
-    MlflowRoundStore,
-    RunInfo,
-    open_store,
+    round_key,
 )
+from fl.registry.store import MlflowRoundStore, RunInfo, open_store
 
 # Where the ServerApp's store on the aggregator VM is seen by the operator's SSH user, relative to
 # its home (SFTP resolves relative paths from there). The VM bootstrap (infra/cloudinit.py) keeps
@@ -116,7 +100,7 @@ def pull_store(sftp: SftpLike, remote_dir: str, local_location: str | Path, expe
     Args:
         sftp: An open SFTP session to the aggregator VM (``paramiko.SFTPClient``).
         remote_dir: The VM's store directory (``AGGREGATOR_STORE_DIR``).
-        local_location: The operator's store (``fl.registry.store.stack_store(raw)[0]``).
+        local_location: The operator's store (``StackConfig.registry.location``).
         experiment: ``fedcloud-<stack>`` (the same on both sides).
         state_dir: The stack's state directory; snapshots go under ``registry-pulls/``.
 
@@ -146,24 +130,9 @@ def pull_store(sftp: SftpLike, remote_dir: str, local_location: str | Path, expe
     return import_store(final, local_location, experiment)
 
 
-def pull_stack_store(raw: Any, sftp: SftpLike, remote_dir: str = AGGREGATOR_STORE_DIR,
-                     ) -> PullReport:
-    """:func:`pull_store` into a stack's own store (``fedcloud models`` then sees the runs).
-
-    Args:
-        raw: The stack's :class:`fedcloud.core.config.RawConfig`.
-        sftp: An open SFTP session to the aggregator VM.
-        remote_dir: The VM's store directory as the SSH user sees it.
-    """
-    from fl.registry.store import stack_store
-
-    location, experiment = stack_store(raw)
-    return pull_store(sftp, remote_dir, location, experiment, raw.state_dir)
-
-
 def _round_dir(snapshot: Path, run_id: str, server_round: int) -> Path:
     return (snapshot / ARTIFACTS_DIR / run_id / "artifacts" / ROUNDS_ARTIFACT_DIR /
-            f"round-{server_round:04d}")
+            round_key(server_round))
 
 
 def import_store(snapshot: Path, local_location: str | Path, experiment: str) -> PullReport:

@@ -18,14 +18,13 @@ import difflib
 import functools
 import io
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedcloud.core.errors import CatalogError
+from fedcloud.core.files import write_atomic_with
 
 CATALOG_DIR = Path(__file__).resolve().parent
 CLOUDS: tuple[str, ...] = ("aws", "gcp", "azure")
@@ -473,19 +472,13 @@ def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, ob
         rows: Mappings with exactly those keys.
         check: Called on the temporary file before it replaces ``path``; it raises to refuse.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(columns), lineterminator="\n")
             writer.writeheader()
             for row in rows:
                 writer.writerow(row)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; catalogue files are ordinary data
         if check is not None:
             check(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    write_atomic_with(path, write, 0o644)  # catalogue files are ordinary data

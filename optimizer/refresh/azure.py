@@ -1,16 +1,9 @@
 """Rebuild ``vms_azure.csv`` from the Azure Retail Prices API (public, no account needed).
 
-Source: ``https://prices.azure.com/api/retail/prices`` with the OData filter
-``serviceName eq 'Virtual Machines' and priceType eq 'Consumption' and armRegionName eq
-'<region>'``, paged by ``NextPageLink``. Each item has ``armRegionName``, ``armSkuName``,
-``skuName`` ("D2s v5", "D2s v5 Spot", "D2s v5 Low Priority"), ``productName`` (Windows products
-end in "Windows"), ``unitPrice``, ``unitOfMeasure`` ("1 Hour"), ``currencyCode`` and
-``effectiveStartDate``. Linux on-demand = not Windows, not Spot, not Low Priority; spot = the
-"Spot" meter. The API gives no vCPU/memory: shapes come from the current file (a new size needs
-its shape added there first).
-
-Run: ``python -m optimizer.refresh.azure [--regions koreacentral,...] [--pages-dir DIR]``
-(``--pages-dir`` reads ``<region>-<n>.json`` pages saved earlier instead of downloading).
+Linux on-demand and spot meters of ``prices.azure.com/api/retail/prices``, one region at a time;
+vCPU and memory come from the current file. Run: ``python -m optimizer.refresh.azure
+[--regions koreacentral,...] [--pages-dir DIR]``. See optimizer/catalog/README.md, "Refreshing
+prices".
 """
 
 from __future__ import annotations

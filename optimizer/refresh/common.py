@@ -1,17 +1,8 @@
 """What every refresh script shares: the row type, the run, completeness checks and the write.
 
-Each script states only how its provider is fetched and parsed; :func:`run` does the rest.
-
-A refresh never writes a partial file. It refreshes the requested regions and instance types
-(default: those already in the file), keeps every other row of the file as it is, and refuses
-(:class:`RefreshError`, file untouched) when
-
-* a page or region could not be fetched or parsed (the caller raises before writing);
-* a (region, instance type) the file had is missing from the provider's answer (unless
-  ``--allow-missing``: the provider really withdrew it);
-* the provider's answer is ambiguous (two different on-demand prices for one type and region);
-* the new file does not pass the catalogue loader's validation (it is checked in a temporary
-  file, which replaces the real one only if it passes).
+Each script states only how its provider is fetched and parsed; :func:`run` does the rest, and
+never writes a partial file (:class:`RefreshError`, file untouched, when anything is missing,
+ambiguous or invalid). See optimizer/catalog/README.md, "Refreshing prices".
 """
 
 from __future__ import annotations

@@ -26,26 +26,32 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 
 from fedcloud.core.config import ROOT, from_mapping
 from fedcloud.core.errors import ConfigError, TrainingError
-from fedcloud.core.training import config_args, load_training
+from fedcloud.core.flower import superlink_argv
+from fedcloud.core.stack import parse
+from fedcloud.core.training import config_args
 from fedcloud.local.synth import generate, partition
 from fl.app import task
 from fl.app.data import COVID_CLASSES, load_cifar, load_covid, load_split
+from fl.app.errors import AppError
 from fl.app.runconfig import RunConfig, RunConfigError
-from fl.initializer.bundle import app_files, stage_app
+from fl.initializer.bundle import GENERATED_HEADER, PACKAGE_MARKER_TEXT, stage_app
 from fl.initializer.certs import (
     ensure_deployment_certs,
     make_ca,
     make_server_cert,
     server_cert_sans,
 )
-from fl.initializer.superlink import superlink_argv
 from fl.orchestrator.supernode import supernode_argv, supernode_env, supernode_shell_command
 
 # --- settings ------------------------------------------------------------------------------
 
+# the smallest valid stack besides the training section
+MINIMAL = {"limits": {"maxCost": 100, "maxLatencyMs": 300},
+           "participants": [{"name": "p", "location": {"region": "aws:us-east-1"}}]}
+
 
 def _training(**overrides: Any) -> Any:
-    return load_training(from_mapping("t", "test.yaml", {"training": overrides}))
+    return parse(from_mapping("t", "test.yaml", {**MINIMAL, "training": overrides})).training
 
 
 def test_training_defaults_come_from_pulumi_yaml_and_merge_per_key() -> None:
@@ -103,9 +109,9 @@ def test_run_config_from_flower_rejects_bad_values() -> None:
 
 
 def test_parse_training_requires_a_mapping() -> None:
-    raw = from_mapping("t", "test.yaml", {"training": [1, 2]})
+    raw = from_mapping("t", "test.yaml", {**MINIMAL, "training": [1, 2]})
     with pytest.raises(ConfigError, match=r"fedcloud:training must be a mapping"):
-        load_training(raw)
+        parse(raw)
 
 
 # --- certificates --------------------------------------------------------------------------
@@ -221,9 +227,9 @@ def test_covid_loader_reads_the_generated_kaggle_layout(tmp_path: Path) -> None:
 def test_covid_loader_errors_name_the_folder(tmp_path: Path) -> None:
     dirs = generate("covid", tmp_path, ["a"], 3, 3, image_size=16)
     (dirs["a"] / "train" / "Normal").rename(dirs["a"] / "train" / "normal")
-    with pytest.raises(TrainingError, match=r"class folder .*train/Normal is missing"):
+    with pytest.raises(AppError, match=r"class folder .*train/Normal is missing"):
         load_covid(dirs["a"], "train", 16)
-    with pytest.raises(TrainingError, match=r"does not exist .*Kaggle Covid-19 layout"):
+    with pytest.raises(AppError, match=r"does not exist .*Kaggle Covid-19 layout"):
         load_covid(tmp_path / "nowhere", "test", 16)
 
 
@@ -236,7 +242,7 @@ def test_cifar_loader_reads_the_python_batches(tmp_path: Path) -> None:
         batch = pickle.load(handle, encoding="bytes")
     assert batch[b"data"].dtype == np.uint8 and batch[b"data"].shape == (20, 3072)
     (dirs["a"] / "cifar-10-batches-py" / "test_batch").write_bytes(b"not a pickle")
-    with pytest.raises(TrainingError, match="is not a CIFAR-10 python batch"):
+    with pytest.raises(AppError, match="is not a CIFAR-10 python batch"):
         load_cifar(dirs["a"], "test")
 
 
@@ -269,7 +275,7 @@ def test_full_width_covid_cnn_is_the_briefs_26_mb_model() -> None:
                               "num_classes": 10})
     assert [tuple(p.shape) for p in cifar.parameters()][::2] == [
         (6, 3, 5, 5), (16, 6, 5, 5), (120, 400), (84, 120), (10, 84)]
-    with pytest.raises(TrainingError, match="unknown model 'resnet'"):
+    with pytest.raises(AppError, match="unknown model 'resnet'"):
         task.build_model({"model": "resnet", "num_classes": 3})
 
 
@@ -297,7 +303,7 @@ def test_global_f1_comes_from_summed_matrices_not_a_mean_of_client_f1() -> None:
                        + task.metrics_from_confusion(b)["f1"]) / 2
     assert agg["f1"] == pytest.approx(summed["f1"])
     assert agg["f1"] != pytest.approx(mean_of_clients)
-    with pytest.raises(TrainingError, match="no evaluation replies"):
+    with pytest.raises(AppError, match="no evaluation replies"):
         task.aggregate_evaluations([])
 
 
@@ -320,40 +326,42 @@ def test_train_then_evaluate_learns_the_synthetic_patterns(tmp_path: Path) -> No
 # --- the app bundle ------------------------------------------------------------------------
 
 
-def test_bundle_holds_the_model_code_and_nothing_else(tmp_path: Path) -> None:
+def test_bundle_holds_exactly_fl_app_and_its_generated_config(tmp_path: Path) -> None:
     from flwr.common.config import validate_config
 
-    files = {str(p) for p in app_files()}
-    assert {"fl/server_app.py", "fl/client_app.py", "fl/task.py", "fl/data.py",
-            "fl/runconfig.py", "fl/records.py", "fedcloud/errors.py"} <= files
-    # The operator side never travels (keys, SSH, process control).
-    assert not files & {"fl/ssh.py", "fl/certs.py", "fl/superlink.py", "fl/supernode.py",
-                        "fl/initializer.py", "fl/flwr_cli.py", "fl/bundle.py", "fl/synth.py"}
     cfg = _training(width=4, imageSize=32).run_config(tracking_uri="/r")
     app = stage_app(tmp_path / "app", cfg)
-    doc = tomllib.loads((app / "pyproject.toml").read_text())
+    staged = {p.relative_to(app).as_posix() for p in app.rglob("*") if p.is_file()}
+    sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "fl" / "app").rglob("*.py")
+               if "__pycache__" not in p.parts}
+    assert {"fl/app/server_app.py", "fl/app/client_app.py", "fl/app/task.py",
+            "fl/app/strategy.py", "fl/app/store.py", "fl/app/__init__.py"} <= sources
+    assert staged == {"pyproject.toml", "fl/__init__.py"} | sources
+    for rel in sources:  # byte for byte
+        assert (app / rel).read_bytes() == (ROOT / rel).read_bytes(), rel
+    # The package marker is generated (the repository's fl/__init__.py does not travel).
+    assert (app / "fl" / "__init__.py").read_text() == PACKAGE_MARKER_TEXT
+    text = (app / "pyproject.toml").read_text()
+    assert text.splitlines()[0] == GENERATED_HEADER
+    doc = tomllib.loads(text)
+    assert doc["tool"]["flwr"]["app"]["components"] == {
+        "serverapp": "fl.app.server_app:app", "clientapp": "fl.app.client_app:app"}
     assert doc["tool"]["flwr"]["app"]["config"] == cfg.to_flower()
     assert "federations" not in doc["tool"]["flwr"]
     ok, errors, _warnings = validate_config(doc)
     assert ok, errors
     size = sum(p.stat().st_size for p in app.rglob("*") if p.is_file())
     assert size < 200_000  # far below Flower's 10 MB FAB limit
-    # Self-contained: the entry points import from the app directory alone, with the project's
-    # own installation hidden (as on a SuperNode that has only the dependencies).
-    probe = (
-        "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'Editable' not in repr(f)];"
-        f"sys.path = [{str(app)!r}] + [p for p in sys.path if p not in ('', {str(ROOT)!r})];"
-        "import fl.app.server_app, fl.app.client_app, fl.app.task;"
-        "print(fl.app.task.__file__)"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         check=True, cwd=tmp_path).stdout
-    assert out.strip() == str(app / "fl" / "task.py")
-    # Restaging replaces the app; a directory that is not a staged app is never overwritten.
+    # Restaging replaces the app (a stale file goes); a directory that is not a staged app is
+    # never overwritten.
+    (app / "fl" / "app" / "stale.py").write_text("")
     stage_app(tmp_path / "app", cfg)
+    assert not (app / "fl" / "app" / "stale.py").exists()
     (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "pyproject.toml").write_text("[project]\nname = 'mine'\n")
     with pytest.raises(TrainingError, match="is not a staged fedcloud app"):
         stage_app(tmp_path / "mine", cfg)
+    assert (tmp_path / "mine" / "pyproject.toml").read_text().startswith("[project]")
 
 
 # --- the ServerApp's bounded waits ---------------------------------------------------------
@@ -370,7 +378,7 @@ class _Grid:
 
 
 def test_server_never_waits_forever_for_missing_nodes() -> None:
-    from fl.app.server_app import BoundedFedAvg, NodesLostError
+    from fl.app.strategy import BoundedFedAvg, NodesLostError
 
     cfg = replace_cfg(min_nodes=3, node_wait_s=0.3)
     strategy = BoundedFedAvg(cfg, store=None)
@@ -380,7 +388,7 @@ def test_server_never_waits_forever_for_missing_nodes() -> None:
 
 
 def test_server_skips_a_silent_node_while_enough_others_are_online() -> None:
-    from fl.app.server_app import BoundedFedAvg
+    from fl.app.strategy import BoundedFedAvg
 
     strategy = BoundedFedAvg(replace_cfg(min_nodes=2, node_wait_s=0), store=None)
     grid = _Grid([1, 2, 3])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fedcloud.core.errors import ConfigError
+from fedcloud.core.flower import SUPERLINK_PORT
 from fedcloud.core.participants import Location, Participant
-from fl.initializer.superlink import SUPERLINK_PORT
 from infra.network import SSH_PORT, WORLD, network_policy, open_to_world
 
 

@@ -19,17 +19,35 @@ from cryptography import x509
 from pulumi.dynamic.dynamic import serialize_provider
 
 from fedcloud.core.errors import TrainingError
+from fedcloud.federation import pull_registry, run_dispatch
 from fl.initializer.certs import server_cert_sans
+from fl.initializer.material import issue_certs, materialize_certs
+from fl.initializer.superlink import health_ok
 from infra.providers import (
     DeploymentCertsProvider,
     SuperLinkHealthProvider,
     TrainingDispatchProvider,
-    issue_certs,
-    materialize_certs,
     wait_healthy,
 )
 
-PROVIDERS = (DeploymentCertsProvider, SuperLinkHealthProvider, TrainingDispatchProvider)
+LIMITS = {"maxCost": 100, "maxLatencyMs": 300}
+
+
+def certs_provider() -> DeploymentCertsProvider:
+    return DeploymentCertsProvider(issue_certs)
+
+
+def health_provider() -> SuperLinkHealthProvider:
+    return SuperLinkHealthProvider(health_ok)
+
+
+def dispatch_provider() -> TrainingDispatchProvider:
+    return TrainingDispatchProvider(run_dispatch, pull_registry)
+
+
+PROVIDERS = {certs_provider: ["fl.initializer.material", "issue_certs"],
+             health_provider: ["fl.initializer.superlink", "health_ok"],
+             dispatch_provider: ["fedcloud.federation", "run_dispatch", "pull_registry"]}
 
 
 def sans_of(pem: str) -> set[str]:
@@ -40,7 +58,7 @@ def sans_of(pem: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def certs() -> dict[str, Any]:
-    created = DeploymentCertsProvider().create({"sans": ["203.0.113.7"],
+    created = certs_provider().create({"sans": ["203.0.113.7"],
                                                 "participants": ["hospital-us", "hospital-kr"]})
     assert created.outs is not None
     return dict(created.outs)
@@ -55,7 +73,7 @@ def test_certs_san_is_the_public_address_and_loopback(certs: dict[str, Any]) -> 
 
 
 def test_certs_update_keeps_ca_and_node_keys(certs: dict[str, Any]) -> None:
-    provider = DeploymentCertsProvider()
+    provider = certs_provider()
     news = {"sans": ["198.51.100.9"], "participants": ["hospital-us", "hospital-kr", "new"]}
     diff = provider.diff("id", certs, news)
     assert diff.changes is True
@@ -71,7 +89,7 @@ def test_certs_update_keeps_ca_and_node_keys(certs: dict[str, Any]) -> None:
 
 
 def test_certs_no_change_no_diff(certs: dict[str, Any]) -> None:
-    diff = DeploymentCertsProvider().diff(
+    diff = certs_provider().diff(
         "id", certs, {"sans": certs["sans"], "participants": certs["participants"]})
     assert diff.changes is False
 
@@ -84,16 +102,21 @@ def test_materialize_writes_fl_certs_layout(tmp_path: Path, certs: dict[str, Any
     assert set(server_cert_sans(tmp_path / "server.pem")) == {"203.0.113.7", "127.0.0.1"}
 
 
-@pytest.mark.parametrize("cls", PROVIDERS)
-def test_provider_pickles_by_reference_as_the_sdk_does(cls: type) -> None:
-    blob = base64.b64decode(serialize_provider(cls()))
-    # by reference: the engine's Python host imports infra.providers, no code is captured
+@pytest.mark.parametrize("make", list(PROVIDERS))
+def test_provider_pickles_by_reference_as_the_sdk_does(make: Any) -> None:
+    provider = make()
+    blob = base64.b64decode(serialize_provider(provider))
+    # by reference: the engine's Python host imports the modules, no code is captured
     assert b"infra.providers" in blob
-    assert len(blob) < 512
+    for name in PROVIDERS[make]:
+        assert name.encode() in blob
+    assert len(blob) < 1024
     restored = dill.loads(blob)
-    assert type(restored) is cls
-    assert vars(restored) == {}  # nothing captured: no sockets, clients, threads or secrets
-    assert type(pickle.loads(pickle.dumps(cls()))) is cls
+    assert type(restored) is type(provider)
+    # nothing captured but the functions it was given: no sockets, clients, threads or secrets
+    assert vars(restored) == vars(provider)
+    assert all(callable(v) for v in vars(restored).values())
+    assert vars(pickle.loads(pickle.dumps(provider))) == vars(provider)
 
 
 # --- health -------------------------------------------------------------------------------------
@@ -125,7 +148,7 @@ def tls_health(tmp_path: Path, certs: dict[str, Any]) -> Iterator[str]:
 
 
 def test_health_over_tls_verifies_the_stack_ca(tls_health: str, certs: dict[str, Any]) -> None:
-    created = SuperLinkHealthProvider().create(
+    created = health_provider().create(
         {"address": tls_health, "ca_cert": certs["ca_cert"], "timeout_s": 5})
     assert created.outs is not None and created.outs["healthy"] is True
 
@@ -133,21 +156,21 @@ def test_health_over_tls_verifies_the_stack_ca(tls_health: str, certs: dict[str,
 def test_health_rejects_a_foreign_ca(tls_health: str) -> None:
     other = issue_certs({"sans": ["127.0.0.1"], "participants": []})
     with pytest.raises(TrainingError, match=r"did not answer /health over TLS.*operatorCidr"):
-        wait_healthy(tls_health, other["ca_cert"], timeout_s=0.3, poll_s=0.05)
+        wait_healthy(tls_health, other["ca_cert"], health_ok, timeout_s=0.3, poll_s=0.05)
 
 
 def test_wait_healthy_polls_until_ready() -> None:
     answers = iter([False, False, True])
     now = [0.0]
-    probes = wait_healthy("203.0.113.7:8000", "CA", timeout_s=100, poll_s=10,
-                          probe=lambda addr, ca: next(answers),
+    probes = wait_healthy("203.0.113.7:8000", "CA", lambda addr, ca: next(answers),
+                          timeout_s=100, poll_s=10,
                           sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
     assert probes == 3
     assert now[0] == 20
 
 
 def test_health_diff_replaces_on_new_address() -> None:
-    diff = SuperLinkHealthProvider().diff("id", {"address": "a:1", "ca_cert": "x"},
+    diff = health_provider().diff("id", {"address": "a:1", "ca_cert": "x"},
                                           {"address": "b:1", "ca_cert": "x"})
     assert diff.changes is True and diff.replaces == ["address"]
 
@@ -167,10 +190,10 @@ class FakeOrchestrator:
         FakeOrchestrator.instances.append(self)
 
     def dispatch(self) -> Any:
-        from fl.orchestrator.orchestrator import (
+        from fl.orchestrator import (
             DispatchResult,
+            NodePlacement,
             ParticipantResult,
-            Placement,
             VmAttempt,
         )
 
@@ -178,7 +201,7 @@ class FakeOrchestrator:
         for p in self.participants:
             vm = p.vms[0]
             out[p.name] = ParticipantResult(
-                p.name, Placement(p.name, vm, "/tmp/x", 1, 9094, 0.0),
+                p.name, NodePlacement(p.name, vm, "/tmp/x", 1, 9094, 0.0),
                 attempts=(VmAttempt("vm-009", False, "connect", "refused", 0.1),
                           VmAttempt(vm.id, True, "online", "ok", 0.2)))
         return out
@@ -221,6 +244,7 @@ def wired(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     vm = {"id": "vm-001", "host": "vm-001.example", "state": "Active", "vcpus": 4,
           "memoryGb": 8, "diskGb": 40}
     config = {"stateDir": str(tmp_path / "state"), "training": {"rounds": 3},
+              "limits": {"maxCost": 100, "maxLatencyMs": 300},
               "participants": [
                   {"name": n, "location": {"region": "aws:us-east-1"},
                    "egressCidr": "203.0.113.10/32", "dataDir": "/srv/data", "vms": [vm]}
@@ -237,7 +261,7 @@ def test_dispatch_wires_orchestrator_and_initializer(wired: dict[str, Any],
                                                      certs: dict[str, Any]) -> None:
     from infra.cloudinit import AGGREGATOR_REGISTRY_DIR
 
-    created = TrainingDispatchProvider().create(wired["props"])
+    created = dispatch_provider().create(wired["props"])
     certs_dir = wired["state"] / "certs"
     # the stack's node keys from Pulumi state are what gets registered and shipped
     assert wired["registered"]["hospital-kr"] == certs["node_keys"]["hospital-kr"]["publicKey"]
@@ -267,17 +291,19 @@ def test_dispatch_fails_the_deployment_when_training_does_not_complete(
         wired: dict[str, Any]) -> None:
     wired["status"] = "NODES_LOST"
     with pytest.raises(Exception, match=r"ended NODES_LOST.*To fix: .*pulumi up"):
-        TrainingDispatchProvider().create(wired["props"])
+        dispatch_provider().create(wired["props"])
     (orch,) = FakeOrchestrator.instances
     assert orch.stopped is not None  # the SuperNodes are stopped even then
 
 
 def test_dispatch_diff_retrains_only_on_relevant_change() -> None:
-    olds = {"stack": "s", "config": "{}", "superlink_address": "a:1", "ca_cert": "x"}
-    same = TrainingDispatchProvider().diff("id", olds, dict(olds))
+    olds = {"stack": "s", "run_key": "{}", "superlink_address": "a:1", "ca_cert": "x"}
+    same = dispatch_provider().diff("id", olds, dict(olds))
     assert same.changes is False
-    moved = TrainingDispatchProvider().diff("id", olds, {**olds, "config": '{"training": {}}'})
-    assert moved.changes is True and moved.replaces == ["config"]
+    moved = dispatch_provider().diff("id", olds, {**olds, "run_key": '{"training": {}}'})
+    assert moved.changes is True and moved.replaces == ["run_key"]
+    tags = dispatch_provider().diff("id", olds, {**olds, "config": '{"tags": {"a": "b"}}'})
+    assert tags.changes is False
 
 
 # --- destroy: the model store comes home first --------------------------------------------------
@@ -300,14 +326,16 @@ def test_delete_pulls_the_store_over_sftp_with_the_pinned_host_key(
     with EmulatedCloud(root=tmp_path / "vms") as cloud:
         (spec,) = cloud.start([VmRequest("aggregator", "Active", 2, 4, 20)])
         assert spec.key_path is not None and spec.host_key_fingerprint is not None
-        props = {"stack": "s", "config": json.dumps({"stateDir": str(tmp_path / "state")}),
+        props = {"stack": "s", "config": json.dumps(
+                     {"stateDir": str(tmp_path / "state"), "limits": LIMITS, "participants": [
+                         {"name": "p", "location": {"region": "aws:us-east-1"}}]}),
                  "public_ip": spec.host, "ssh_port": spec.port, "ssh_user": spec.user,
                  "ssh_private_key_path": str(spec.key_path),
                  "ssh_host_fingerprint": spec.host_key_fingerprint}
-        TrainingDispatchProvider().delete("id", props)
+        dispatch_provider().delete("id", props)
         assert pulled["remote_dir"] == "fedcloud-state/registry"
         assert pulled["experiment"] == "fedcloud-s"
         assert isinstance(pulled["listing"], list)
         other = "SHA256:" + "A" * 43
         with pytest.raises(Exception, match=r"aggregator VM was kept.*pulumi destroy"):
-            TrainingDispatchProvider().delete("id", {**props, "ssh_host_fingerprint": other})
+            dispatch_provider().delete("id", {**props, "ssh_host_fingerprint": other})

@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import sys
 from functools import cache
+from typing import Any
 
 import pulumi
 import pytest
@@ -33,9 +34,8 @@ from pulumi_fixtures import (
 )
 
 from fedcloud.core.config import ROOT, load_stack
-from fedcloud.core.flower import FLOWER_QUIET_ENV
+from fedcloud.core.flower import FLOWER_QUIET_ENV, SUPERLINK_PORT
 from fedcloud.core.participants import parse_participants
-from fl.initializer.superlink import SUPERLINK_PORT
 from infra.component import TYPE_TOKEN
 from infra.preview import DYNAMIC_PREFIX, MockRun, run_program, stack_config
 from optimizer import PlanRequest, plan
@@ -44,10 +44,18 @@ from optimizer.result import Choice
 CLOUD_PREFIX = {"aws": ("aws:",), "gcp": ("gcp:",), "azure": ("azure-native:",)}
 
 
+def request_of(config: Any) -> PlanRequest:
+    """The optimizer's request for a stack, as both compositions build it."""
+    from fedcloud.core.stack import parse
+    from fedcloud.federation import plan_request
+
+    return plan_request(parse(config))
+
+
 @cache
 def optimizer_choice(name: str) -> Choice:
     """The optimizer's choice for the stack, computed independently of the program."""
-    return plan(PlanRequest.from_raw(load_stack(name))).choice
+    return plan(request_of(load_stack(name))).choice
 
 
 @pytest.fixture(params=CLOUD_STACKS)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from optimizer_fixtures import raw
+from optimizer_fixtures import raw, request_of
 
 from fedcloud.cli.main import main
 from fedcloud.core.config import load_stack
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def case() -> PlanRequest:
-    return PlanRequest.from_raw(load_stack("covid19"))
+    return request_of(load_stack("covid19"))
 
 
 def test_case_study_nsga2_equals_exhaustive(case: PlanRequest) -> None:
@@ -48,7 +48,7 @@ def test_case_study_nsga2_equals_exhaustive(case: PlanRequest) -> None:
 
 
 def test_nsga2_is_deterministic_for_a_seed() -> None:
-    req = PlanRequest.from_raw(raw(clouds=["aws", "azure"], optimizer={"seed": 3}))
+    req = request_of(raw(clouds=["aws", "azure"], optimizer={"seed": 3}))
     a, b = plan(req, "nsga2"), plan(req, "nsga2")
     assert a.to_dict()["front"] == b.to_dict()["front"]
     assert a.evaluated == b.evaluated
@@ -69,17 +69,17 @@ def test_json_shape(case: PlanRequest) -> None:
 
 def test_pin_is_deployed_and_target_restricts_the_cloud() -> None:
     pin = {"cloud": "gcp", "region": "europe-west1", "instanceType": "n2-standard-4"}
-    res = plan(PlanRequest.from_raw(raw(aggregator={"pin": pin})), "exhaustive")
+    res = plan(request_of(raw(aggregator={"pin": pin})), "exhaustive")
     assert res.pinned and res.choice.label == "gcp:europe-west1/n2-standard-4"
     assert res.choices  # the front is still reported
-    res = plan(PlanRequest.from_raw(raw(aggregator={"target": "aws"})), "exhaustive")
+    res = plan(request_of(raw(aggregator={"target": "aws"})), "exhaustive")
     assert {p.choice.cloud for p in res.front} == {"aws"}
-    res = plan(PlanRequest.from_raw(raw(aggregator={"target": "local"})), "exhaustive")
+    res = plan(request_of(raw(aggregator={"target": "local"})), "exhaustive")
     assert res.target == "local" and res.front
 
 
 def test_min_spec_and_region_allow_list_filter() -> None:
-    req = PlanRequest.from_raw(raw(aggregator={"minVcpus": 8, "minMemoryGib": 32},
+    req = request_of(raw(aggregator={"minVcpus": 8, "minMemoryGib": 32},
                                    regions=["aws:eu-west-1", "gcp:europe-west1"]))
     res = plan(req, "exhaustive")
     assert all(p.choice.vcpus >= 8 and p.choice.memory_gib >= 32 for p in res.front)
@@ -101,11 +101,11 @@ def test_min_spec_and_region_allow_list_filter() -> None:
 ])
 def test_infeasible_limits_say_which_binds(limits: dict[str, float], match: str) -> None:
     with pytest.raises(PlanError, match=match):
-        plan(PlanRequest.from_raw(raw(limits=limits)), "exhaustive")
+        plan(request_of(raw(limits=limits)), "exhaustive")
 
 
 def test_no_vm_meets_the_minimum() -> None:
-    req = PlanRequest.from_raw(raw(aggregator={"minVcpus": 64}))
+    req = request_of(raw(aggregator={"minVcpus": 64}))
     with pytest.raises(PlanError, match=r"no VM .* has at least 64 vCPU.*largest: .*To fix: "
                        r"lower fedcloud:aggregator.minVcpus"):
         plan(req, "exhaustive")

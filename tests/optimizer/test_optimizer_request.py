@@ -6,15 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from optimizer_fixtures import BASE, raw
+from optimizer_fixtures import BASE, raw, request_of
 
 from fedcloud.cli.main import main
 from fedcloud.core.errors import ConfigError
-from optimizer import PlanRequest
 
 
 def test_valid_request_and_declared_defaults() -> None:
-    req = PlanRequest.from_raw(raw())
+    req = request_of(raw())
     assert req.clouds == ("aws", "gcp", "azure")
     assert (req.min_vcpus, req.min_memory_gib) == (2, 4)        # Pulumi.yaml aggregator value
     assert req.cost_model.rounds == 50                          # stack
@@ -25,12 +24,12 @@ def test_valid_request_and_declared_defaults() -> None:
 
 
 def test_cost_model_rounds_default_to_training_rounds() -> None:
-    req = PlanRequest.from_raw(raw(costModel={"modelMb": 10}, training={"rounds": 7}))
+    req = request_of(raw(costModel={"modelMb": 10}, training={"rounds": 7}))
     assert (req.cost_model.rounds, req.cost_model.model_mb) == (7, 10)
 
 
 def test_target_cloud_restricts_clouds() -> None:
-    assert PlanRequest.from_raw(raw(aggregator={"target": "gcp"})).clouds == ("gcp",)
+    assert request_of(raw(aggregator={"target": "gcp"})).clouds == ("gcp",)
 
 
 P0 = BASE["participants"][0]
@@ -79,7 +78,7 @@ P0 = BASE["participants"][0]
 ])
 def test_bad_input(overrides: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        PlanRequest.from_raw(raw(**overrides))
+        request_of(raw(**overrides))
 
 
 def _write(tmp_path: Path, text: str) -> Path:

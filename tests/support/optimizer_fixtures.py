@@ -6,6 +6,9 @@ import copy
 from typing import Any
 
 from fedcloud.core.config import RawConfig, from_mapping
+from fedcloud.core.stack import parse
+from fedcloud.federation import plan_request
+from optimizer import PlanRequest
 
 BASE: dict[str, Any] = {
     "participants": [
@@ -30,3 +33,8 @@ def raw(**overrides: Any) -> RawConfig:
         else:
             values[k] = v
     return from_mapping("test", "test-stack", values)
+
+
+def request_of(config: RawConfig) -> PlanRequest:
+    """The optimizer's request for a stack, built the way both compositions build it."""
+    return plan_request(parse(config))

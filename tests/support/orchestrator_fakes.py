@@ -16,10 +16,12 @@ from pathlib import Path
 from types import TracebackType
 
 from fedcloud.core.participants import Location, Participant, VmSpec
-from fl.orchestrator.orchestrator import OFFLINE, ONLINE, STALE, NodeLaunch, OrchestratorSettings
+from fedcloud.core.stack import OrchestratorSettings
+from fl.orchestrator import NodeLaunch
+from fl.orchestrator.nodes import OFFLINE, ONLINE, STALE
 from fl.orchestrator.ssh import CommandResult, FailureKind, SshError
 
-GOOD_PROBE = ("vcpus=4\nmem_kb=8000000\nas_kb=unlimited\ndisk_kb=50000000\nload1=0.10\n"
+GOOD_PROBE = ("vcpus=4\nmem_kb=8000000\nas_bytes=unlimited\ndisk_kb=50000000\n"
               "python=3.11.2\nflwr=1.41.0\n")
 
 
@@ -68,6 +70,13 @@ class FakeSession:
         rest = command.split(marker, 1)[1]
         return rest.split("'", 1)[0].split(" ", 1)[0].split("\n", 1)[0].split("/", 1)[0]
 
+    def _absolute(self, participant: str) -> str:
+        """Where ``cd <work dir>/fedcloud-<participant> && pwd -P`` lands on this fake VM."""
+        work = self.vm.work_dir or "fedcloud"
+        if not work.startswith("/"):
+            work = f"/home/{self.vm.user}/{work}"
+        return f"{work}/fedcloud-{participant}"
+
     def run(self, command: str, timeout_s: float = 30.0) -> CommandResult:
         assert not self.closed, "command on a closed session"
         st = self.state
@@ -77,7 +86,7 @@ class FakeSession:
         name = self._participant(command) if "fedcloud-" in command else ""
         if "socket.socket()" in command:  # prepare (stops a stale supervisor first)
             st.running.pop(name, None)
-            return CommandResult(0, "port=40001\n", "")
+            return CommandResult(0, f"dir={self._absolute(name)}\nport=40001\n", "")
         if "setsid" in command:
             st.running[name] = 0
             if st.script.start == "exit":
@@ -156,8 +165,12 @@ def settings(**changes: object) -> OrchestratorSettings:
     return OrchestratorSettings(**base)  # type: ignore[arg-type]
 
 
-def brief_participant(name: str, octet: int) -> Participant:
-    """The brief's five VMs for one participant, on fake addresses 10.<octet>.0.x."""
+def fake_participant(name: str, octet: int, work_dir: str | None = "/srv/fed work",
+                     ) -> Participant:
+    """The reference five-VM inventory for one participant, on fake addresses 10.<octet>.0.x.
+
+    ``work_dir`` is the inventory's ``workDir`` (``None``: the default, under the home).
+    """
     table = [("vm-001", "Active", 4, 8, 40), ("vm-002", "Active", 2, 4, 20),
              ("vm-003", "Inactive", 8, 16, 80), ("vm-004", "Inactive", 2, 4, 20),
              ("vm-005", "Active", 1, 0.25, 8)]
@@ -165,7 +178,7 @@ def brief_participant(name: str, octet: int) -> Participant:
         VmSpec(id=vm_id, host=f"10.{octet}.0.{i}", port=22, user="fedcloud",
                key_path=Path("/nonexistent/key"), host_key_fingerprint="SHA256:" + "A" * 43,
                state=state, vcpus=cpu, memory_gb=mem, disk_gb=disk, venv="/opt/venv",
-               work_dir="/srv/fed work")
+               work_dir=work_dir)
         for i, (vm_id, state, cpu, mem, disk) in enumerate(table, start=1))
     return Participant(name=name, location=Location(region="aws:us-east-1"), egress_cidr=None,
                        data_dir="/data", vms=vms)

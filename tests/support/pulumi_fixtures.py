@@ -56,7 +56,9 @@ def operator_home() -> Iterator[None]:
 def stack_run(name: str, real_certs: bool = False) -> MockRun:
     """Run ``stacks/Pulumi.<name>.yaml`` under mocks once per session."""
     with operator_home():
-        return run_program(name, stack_config(name), real_certs=real_certs)
+        from fl.initializer.material import issue_certs
+
+        return run_program(name, stack_config(name), issue=issue_certs if real_certs else None)
 
 
 def run_with(name: str, **changes: Any) -> MockRun:

@@ -12,7 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from fl.registry.store import DB_FILE, open_store
+from fl.app.store import DB_FILE
+from fl.registry.store import open_store
 
 
 @functools.cache

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from orchestrator_fakes import (
     FakeNodes,
+    FakeSession,
     ScriptedTransport,
     VmScript,
-    brief_participant,
+    fake_participant,
     launch,
     settings,
 )
@@ -21,24 +22,20 @@ from orchestrator_fakes import (
 from fedcloud.core.config import from_mapping
 from fedcloud.core.errors import ConfigError, OrchestratorError
 from fedcloud.core.participants import VmSpec
-from fl.orchestrator.orchestrator import (
-    KEY_FILE,
-    ONLINE_POLL_S,
-    Orchestrator,
-    QueueStore,
-    backoff_delay,
-    ineligible_reason,
-    load_settings,
-    rotation,
-)
+from fedcloud.core.stack import parse
+from fl.orchestrator import Orchestrator
+from fl.orchestrator.eligibility import ineligible_reason
+from fl.orchestrator.orchestrator import ONLINE_POLL_S, backoff_delay
 from fl.orchestrator.probe import ProbeResult, flwr_compatible, major_minor, parse_probe, probe_all
+from fl.orchestrator.rotation import QueueStore, rotation
+from fl.orchestrator.scripts import KEY_FILE, launch_script
 from fl.orchestrator.ssh import remote_command
 
 # -- filter ------------------------------------------------------------------------------------
 
 VM = VmSpec(id="vm", host="10.0.0.1", port=22, user="u", key_path=None,
             host_key_fingerprint=None, state="Active", vcpus=4, memory_gb=8, disk_gb=40)
-LIVE = ProbeResult("vm", True, vcpus=4, memory_gb=7.8, disk_free_gb=30, load1=0.1,
+LIVE = ProbeResult("vm", True, vcpus=4, memory_gb=7.8, disk_free_gb=30,
                    python="3.11.2", flwr="1.41.0")
 
 
@@ -84,10 +81,12 @@ def test_flwr_compatible(vm_version: str | None, link: str, ok: bool) -> None:
 
 @pytest.mark.parametrize(("stdout", "vcpus", "memory_gb", "flwr"), [
     # No address-space limit: MemTotal counts.
-    ("vcpus=2\nmem_kb=8388608\nas_kb=unlimited\ndisk_kb=1048576\nflwr=1.41.0\n", 2, 8.0,
+    ("vcpus=2\nmem_kb=8388608\nas_bytes=unlimited\ndisk_kb=1048576\nflwr=1.41.0\n", 2, 8.0,
      "1.41.0"),
     # A limit below MemTotal (a cgroup/ulimit-restricted VM) wins.
-    ("vcpus=1\nmem_kb=8388608\nas_kb=262144\ndisk_kb=1048576\nflwr=\n", 1, 0.25, ""),
+    ("vcpus=1\nmem_kb=8388608\nas_bytes=268435456\ndisk_kb=1048576\nflwr=\n", 1, 0.25, ""),
+    # A limit above MemTotal changes nothing.
+    ("vcpus=1\nmem_kb=4194304\nas_bytes=17179869184\nflwr=\n", 1, 4.0, ""),
     # Garbage lines are ignored; missing figures stay unknown.
     ("noise\nvcpus=x\n", None, None, None),
 ])
@@ -150,9 +149,13 @@ def test_queue_failed_write_keeps_previous_state(tmp_path: Path,
 
 # -- settings ----------------------------------------------------------------------------------
 
+# the smallest valid stack besides the section under test
+LIMITS = {"limits": {"maxCost": 100, "maxLatencyMs": 300},
+          "participants": [{"name": "p", "location": {"region": "aws:us-east-1"}}]}
+
 
 def test_settings_defaults_come_from_pulumi_yaml() -> None:
-    got = load_settings(from_mapping("t", "test", {}))
+    got = parse(from_mapping("t", "test", LIMITS)).orchestrator
     assert (got.min_vcpus, got.min_memory_gb, got.min_disk_gb) == (2, 4, 20)
     assert got.host_key_policy == "reject"
 
@@ -170,16 +173,16 @@ def test_settings_errors(change: dict[str, object], match: str) -> None:
     if "minVcpu" in change:
         section.pop("minVcpus")
     with pytest.raises(ConfigError, match=match):
-        load_settings(from_mapping("t", "test", {"orchestrator": section}))
+        parse(from_mapping("t", "test", {**LIMITS, "orchestrator": section}))
 
 
 # -- dispatch against the scripted double ------------------------------------------------------
 
 
 def _orch(tmp_path: Path, scripts: dict[str, VmScript], names: tuple[str, ...] = ("us",),
-          sleeps: list[float] | None = None, **changes: object,
-          ) -> tuple[Orchestrator, ScriptedTransport]:
-    parts = [brief_participant(n, i) for i, n in enumerate(names, start=1)]
+          sleeps: list[float] | None = None, work_dir: str | None = "/srv/fed work",
+          **changes: object) -> tuple[Orchestrator, ScriptedTransport]:
+    parts = [fake_participant(n, i, work_dir) for i, n in enumerate(names, start=1)]
     full: dict[str, VmScript] = {}
     for p in parts:
         for vm in p.vms:
@@ -298,6 +301,42 @@ def test_start_uploads_secrets_private_and_quotes_commands(tmp_path: Path) -> No
     errors = orch.stop({"us": res.placement})
     assert errors == {"us": None}
     assert "rm -f node.key" in st.commands[-1]
+
+
+def test_default_work_dir_is_resolved_before_any_path_is_used(tmp_path: Path) -> None:
+    # No workDir (as in every cloud stack): "fedcloud" under the SSH user's home. The prepare
+    # command prints the absolute directory; uploads and the launch script use only that.
+    orch, transport = _orch(tmp_path, {}, work_dir=None)
+    res = orch.dispatch()["us"]
+    st = transport.vms["10.1.0.1:22"]
+    base = "/home/fedcloud/fedcloud/fedcloud-us"
+    prepare = next(c for c in st.commands if "socket.socket()" in c)
+    assert "mkdir -p fedcloud/fedcloud-us" in prepare and 'echo "dir=$(pwd -P)"' in prepare
+    assert sorted(st.uploads) == [f"{base}/{name}" for name in
+                                  ("ca.pem", "launch.sh", "node.key", "supervise.sh")]
+    script = st.uploads[f"{base}/launch.sh"][0].decode()
+    assert f"--root-certificates {base}/ca.pem" in script
+    assert f"--auth-supernode-private-key {base}/node.key" in script
+    assert f"FLWR_HOME={base}/flwr-home" in script
+    assert "fedcloud/fedcloud-us/" not in script.replace(base, "")  # no relative path left
+    assert res.placement is not None and res.placement.remote_dir == base
+    assert orch.stop({"us": res.placement}) == {"us": None}
+    assert f"cd {base} " in st.commands[-1]
+
+
+def test_prepare_without_an_absolute_dir_fails_the_start(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    orch, transport = _orch(tmp_path, {}, max_attempts=1)
+    monkeypatch.setattr(FakeSession, "_absolute", lambda self, name: f"fedcloud-{name}")
+    res = orch.dispatch()["us"]
+    assert [(a.vm_id, a.stage) for a in res.attempts] == [("vm-001", "prepare")]
+    assert "cannot prepare /srv/fed work/fedcloud-us" in res.attempts[0].reason
+    assert transport.vms["10.1.0.1:22"].uploads == {}  # nothing uploaded to a relative path
+
+
+def test_launch_script_refuses_a_relative_directory(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="absolute directory, got 'fedcloud/fedcloud-us'"):
+        launch_script("fedcloud/fedcloud-us", launch(tmp_path, "us"), "us", 40001, None)
 
 
 def test_remote_command_quotes_every_word() -> None:

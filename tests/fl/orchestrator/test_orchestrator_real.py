@@ -1,6 +1,6 @@
 """The orchestrator for real: emulated VMs behind OpenSSH's sshd, a TLS SuperLink with node auth.
 
-Two participants, each with the brief's five VMs (127.0.1.41-45 and .51-55): vm-003/vm-004
+Two participants, each with the reference five VMs (127.0.1.41-45 and .51-55): vm-003/vm-004
 Inactive (no sshd), vm-005 below the minimum spec (and really too small: 0.25 GB address space),
 vm-001/vm-002 healthy. The SuperLink runs on 127.0.1.254 with the deployment's TLS certificate.
 
@@ -20,20 +20,16 @@ from pathlib import Path
 import pytest
 
 from fedcloud.core.participants import Location, Participant
+from fedcloud.core.stack import OrchestratorSettings
 from fedcloud.local.emulated import EmulatedCloud, brief_vms
 from fedcloud.local.localfed import start_local_superlink
 from fl.initializer.flwr_cli import FlwrCli
 from fl.initializer.superlink import SuperLinkProcess
 from fl.initializer.training import CONNECTION
-from fl.orchestrator.orchestrator import (
-    KEY_FILE,
-    NodeLaunch,
-    Orchestrator,
-    OrchestratorSettings,
-    StartFailed,
-    SuperLinkNodes,
-    rotation,
-)
+from fl.orchestrator import NodeLaunch, Orchestrator, SuperLinkNodes
+from fl.orchestrator.results import StartFailed
+from fl.orchestrator.rotation import rotation
+from fl.orchestrator.scripts import KEY_FILE
 from fl.orchestrator.ssh import ParamikoTransport
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Real SSH against OpenSSH's sshd: emulated VMs on 127.0.1.x (infra/emulated.py).
+"""Real SSH against OpenSSH's sshd: emulated VMs on 127.0.1.x (fedcloud/local/emulated.py).
 
 Host-key pinning (wrong key refused, no pin refused unless trust-on-first-use), key auth, 0600
 uploads, quoting, live probes of declared limits, and VM crash cleanup.

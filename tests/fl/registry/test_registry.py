@@ -81,7 +81,11 @@ def record_run(store: MlflowRoundStore, rounds: list[int],
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("registry")
     stack_file = root / f"Pulumi.{STACK}.yaml"
-    stack_file.write_text(f"config:\n  fedcloud:stateDir: {root / 'state'}\n", encoding="utf-8")
+    stack_file.write_text(
+        f"config:\n  fedcloud:stateDir: {root / 'state'}\n"
+        "  fedcloud:limits: {maxCost: 100, maxLatencyMs: 300}\n"
+        "  fedcloud:participants: [{name: p, location: {region: 'aws:us-east-1'}}]\n",
+        encoding="utf-8")
     store = open_store(fresh_store_dir(root / "state" / "registry"), EXPERIMENT)
     run_id, models = record_run(store, sorted(ROUNDS))
     return {"root": root, "store": store, "run_id": run_id, "models": models,
@@ -101,7 +105,7 @@ def test_every_round_is_recorded_with_params_tags_and_artifacts(recorded: dict[s
     assert json.loads(info.params["aggregator"])["region"] == "us-east-1"
     assert info.tags["stack"] == STACK and info.tags["flower_run_id"] == "4242"
     assert info.tags["participants"] == "hospital-us,hospital-asia,hospital-eu"
-    assert info.tags["fedcloud.core.participants"] == "hospital-asia,hospital-eu,hospital-us"
+    assert info.tags["fedcloud.participants"] == "hospital-asia,hospital-eu,hospital-us"
     history = store.client.get_metric_history(info.run_id, "f1")
     assert sorted((m.step, m.value) for m in history) == [(n, v[4]) for n, v in ROUNDS.items()]
     client_hist = store.client.get_metric_history(info.run_id, "client/hospital-eu/accuracy")
@@ -300,7 +304,7 @@ def test_failed_round_leaves_previous_rounds_usable(recorded: dict[str, Any], tm
 
     with monkeypatch.context() as patch:
         if failing == "tmpdir":  # the local copy of the checkpoint cannot be written
-            patch.setattr("fl.registry.store.tempfile.TemporaryDirectory", broken)
+            patch.setattr("fl.app.store.tempfile.TemporaryDirectory", broken)
         else:  # the store fails at one of the three steps of a round
             patch.setattr(store.client, failing, broken)
         with pytest.raises(RegistryError, match=r"recording round 2 of run .* disk I/O error"):

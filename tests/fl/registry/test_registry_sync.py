@@ -18,9 +18,10 @@ from registry_fixtures import fresh_store_dir
 
 from fedcloud.core.config import from_mapping
 from fedcloud.core.errors import RegistryError
+from fedcloud.core.stack import parse
 from fl.app.records import RoundRecord
 from fl.registry.store import open_store
-from fl.registry.sync import SOURCE_RUN_TAG, pull_stack_store, pull_store
+from fl.registry.sync import SOURCE_RUN_TAG, pull_store
 
 EXPERIMENT = "fedcloud-cloud"
 
@@ -76,8 +77,11 @@ def test_pull_imports_everything_and_survives_the_vm(tmp_path: Path) -> None:
     vm_home, state = tmp_path / "vm", tmp_path / "operator"
     states = train(vm_home, 3, "first")
     local = fresh_store_dir(state / "registry")
-    raw = from_mapping("cloud", "test", {"stateDir": str(state)})  # experiment fedcloud-cloud
-    report = pull_stack_store(raw, Sftp(vm_home))
+    cfg = parse(from_mapping("cloud", "test", {  # the stack's store: experiment fedcloud-cloud
+        "stateDir": str(state), "limits": {"maxCost": 100, "maxLatencyMs": 300},
+        "participants": [{"name": "p", "location": {"region": "aws:us-east-1"}}]}))
+    report = pull_store(Sftp(vm_home), "fedcloud-state/registry", cfg.registry.location,
+                        cfg.registry.experiment, cfg.state_dir)
     assert (report.rounds_imported, report.rounds_present) == (3, 0)
     assert (report.snapshot / "mlflow.db").is_file()
     assert report.snapshot.parent == state / "registry-pulls"

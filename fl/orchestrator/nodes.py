@@ -1,0 +1,135 @@
+"""The SuperLink side of a dispatch: what a SuperNode needs, and whether it is online.
+
+:class:`NodeLaunch` is what a participant's SuperNode needs wherever it lands (SuperLink address,
+CA, node key, data directory). :class:`NodeDirectory` is the protocol the orchestrator asks
+whether a node is online; :class:`SuperLinkNodes` implements it over ``flwr supernode list``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from fedcloud.core.errors import OrchestratorError
+from fl.orchestrator.supernode import MAX_WAIT_TIME_S
+
+NODE_LIST_MAX_AGE_S = 1.0
+"""The SuperLink's node list is fetched at most once per this interval for all participants."""
+CLOCK_SKEW_S = 5.0
+"""Tolerance between this machine's and the SuperLink's clocks when reading ``online-at``."""
+
+ONLINE, STALE, OFFLINE = "online", "stale", "offline"
+
+
+@dataclass(frozen=True)
+class NodeLaunch:
+    """What a participant's SuperNode needs, wherever it lands.
+
+    Attributes:
+        superlink: The SuperLink's ``host:port`` as seen from the VMs.
+        ca_cert: Local path of the deployment CA certificate.
+        node_key: Local path of the participant's node private key (OpenSSH, registered).
+        data_dir: The participant's data directory on its VMs (node config ``data-dir``).
+        max_wait_time_s: The SuperNode's ``--max-wait-time``.
+    """
+
+    superlink: str
+    ca_cert: Path
+    node_key: Path
+    data_dir: str
+    max_wait_time_s: float = MAX_WAIT_TIME_S
+
+
+class NodeDirectory(Protocol):
+    """Whether a participant's SuperNode is online at the SuperLink."""
+
+    def node_state(self, participant: str, since: float | None = None) -> str:
+        """Return the node's state at the SuperLink.
+
+        :data:`ONLINE`: online, and came online at or after epoch ``since``; :data:`STALE`:
+        online since before ``since`` (an older session still holds the node id until its
+        heartbeat expires); :data:`OFFLINE`: not online.
+        """
+        ...
+
+
+class NodeEntry(Protocol):
+    """One entry of the SuperLink's node list (``fl.initializer.flwr_cli.NodeInfo``)."""
+
+    @property
+    def node_id(self) -> int:
+        """Flower's node id."""
+        ...
+
+    @property
+    def online(self) -> bool:
+        """Whether the SuperLink sees it now."""
+        ...
+
+    @property
+    def online_at(self) -> str:
+        """When it came online (ISO 8601)."""
+        ...
+
+
+class NodeLister(Protocol):
+    """What :class:`SuperLinkNodes` needs of ``fl.initializer.flwr_cli.FlwrCli``."""
+
+    def list_nodes(self, connection: str) -> Sequence[NodeEntry]:
+        """Return the SuperLink's node list."""
+        ...
+
+
+def _epoch(text: str) -> float | None:
+    if not text or text == "N/A":
+        return None
+    try:
+        stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return stamp.timestamp()
+
+
+class SuperLinkNodes:
+    """:class:`NodeDirectory` over the SuperLink's node list (``flwr supernode list``).
+
+    One list call (about 1.7 s) serves every participant's thread for
+    :data:`NODE_LIST_MAX_AGE_S`.
+
+    Args:
+        cli: ``fl.initializer.flwr_cli.FlwrCli`` (or anything with ``list_nodes(connection)``).
+        connection: The CLI's connection name for the SuperLink.
+        node_ids: Participant to node id (from ``FlwrCli.register_node``).
+    """
+
+    def __init__(self, cli: NodeLister, connection: str, node_ids: Mapping[str, int]) -> None:
+        self.cli = cli
+        self.connection = connection
+        self.node_ids = dict(node_ids)
+        self._lock = threading.Lock()
+        self._fetched = float("-inf")
+        self._online: dict[int, float | None] = {}
+
+    def node_state(self, participant: str, since: float | None = None) -> str:
+        """Return the participant's node state (see :meth:`NodeDirectory.node_state`)."""
+        node_id = self.node_ids.get(participant)
+        if node_id is None:
+            raise OrchestratorError(f"participant '{participant}' has no registered node id.",
+                                    "register its node key (flwr supernode register) first.")
+        with self._lock:
+            if time.monotonic() - self._fetched >= NODE_LIST_MAX_AGE_S:
+                nodes = self.cli.list_nodes(self.connection)
+                self._online = {int(n.node_id): _epoch(n.online_at) for n in nodes if n.online}
+                self._fetched = time.monotonic()
+            if node_id not in self._online:
+                return OFFLINE
+            came = self._online[node_id]
+        fresh = since is None or came is None or came >= since - CLOCK_SKEW_S
+        return ONLINE if fresh else STALE
