@@ -1,16 +1,8 @@
 """Per-deployment TLS material and SuperNode authentication keys, generated with ``cryptography``.
 
-One deployment has:
-
-* a private CA (``ca.pem`` / ``ca.key``) that only this deployment trusts;
-* a server certificate for the SuperLink (``server.pem`` / ``server.key``) whose SAN lists the
-  aggregator's public address **and** ``127.0.0.1`` (the SuperLink's own executor connects to
-  127.0.0.1, so a certificate without it breaks every run);
-* one ECDSA P-384 key pair per participant in OpenSSH format (``<name>.key`` / ``<name>.pub``),
-  the format ``flower-supernode --auth-supernode-private-key`` and ``flwr supernode register``
-  read (the same as ``ssh-keygen -t ecdsa -b 384``).
-
-Private keys are written 0600, every file atomically (temp file + ``os.replace``).
+A private CA, the SuperLink's certificate (SAN: the aggregator's address and ``127.0.0.1``) and
+one ECDSA P-384 OpenSSH key pair per participant; private keys 0600, every file atomic.
+See fl/README.md, "Secure by default".
 """
 
 from __future__ import annotations
@@ -18,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +17,21 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from fedcloud.core.errors import ConfigError, TrainingError
+from fedcloud.core.files import write_atomic
 
 CA_VALID_DAYS = 3650
 SERVER_VALID_DAYS = 825
 # The SuperLink's own executor (ServerApp launcher) dials 127.0.0.1; it must always be a SAN.
 LOOPBACK_SAN = "127.0.0.1"
+# An ECDSA key only signs the TLS handshake (ECDHE): keyEncipherment is for RSA key transport,
+# keyAgreement for static-ECDH suites that TLS 1.3 and gRPC do not offer (RFC 5480, section 3).
+SERVER_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True, content_commitment=False, key_encipherment=False,
+    data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+    encipher_only=False, decipher_only=False)
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
 
@@ -66,26 +64,6 @@ class DeploymentCerts:
     ca: CertPair
     server: CertPair
     nodes: dict[str, NodeKey]
-
-
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same directory, then rename.
-
-    The temp file is created with ``mode`` already set, so a private key is never readable by
-    others, not even for an instant.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -173,8 +151,19 @@ def _load_ca(ca: CertPair) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey
             "ca.pem).",
         ) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise TrainingError(f"{ca.key} is not an EC key.", "regenerate the CA with fl.initializer.certs.")
+        raise TrainingError(f"{ca.key} is not an EC key.",
+                            "regenerate the CA with fl.initializer.certs.")
     return cert, key
+
+
+def _authority_key_id(ca_cert: x509.Certificate,
+                      ca_key: ec.EllipticCurvePrivateKey) -> x509.AuthorityKeyIdentifier:
+    """The issuer's key identifier: the CA's own SKI when it has one, else derived from its key."""
+    try:
+        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
 def make_server_cert(ca: CertPair, out_dir: Path, sans: Sequence[str],
@@ -212,11 +201,11 @@ def make_server_cert(ca: CertPair, out_dir: Path, sans: Sequence[str],
         .not_valid_after(now + dt.timedelta(days=valid_days))
         .add_extension(x509.SubjectAlternativeName(entries), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(SERVER_KEY_USAGE, critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .add_extension(_authority_key_id(ca_cert, ca_key), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
     pair = CertPair(cert=out_dir / "server.pem", key=out_dir / "server.key")
@@ -232,6 +221,18 @@ def server_cert_sans(cert_path: Path) -> list[str]:
     out = [str(ip) for ip in ext.get_values_for_type(x509.IPAddress)]
     out += list(ext.get_values_for_type(x509.DNSName))
     return out
+
+
+def _server_cert_current(cert_path: Path, wanted: set[str]) -> bool:
+    """Whether a server certificate covers ``wanted`` and carries Key Usage and its own SKI.
+
+    Certificates issued before those extensions were added are reissued from the same CA.
+    """
+    if not wanted.issubset(server_cert_sans(cert_path)):
+        return False
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    present = {ext.oid for ext in cert.extensions}
+    return {ExtensionOID.KEY_USAGE, ExtensionOID.SUBJECT_KEY_IDENTIFIER} <= present
 
 
 def make_node_key(out_dir: Path, name: str) -> NodeKey:
@@ -266,7 +267,8 @@ def ensure_deployment_certs(cert_dir: Path, sans: Sequence[str],
 
     Existing files are kept, so node identities survive re-runs (same key = same node id). The
     server certificate is reissued from the same CA when its SANs do not cover ``sans``
-    (the aggregator moved), which needs no change on the nodes.
+    (the aggregator moved) or it lacks Key Usage or its Subject Key Identifier (issued by an
+    older version), which needs no change on the nodes.
 
     Args:
         cert_dir: The deployment's certificate directory (``<state>/certs``).
@@ -282,9 +284,8 @@ def ensure_deployment_certs(cert_dir: Path, sans: Sequence[str],
     if not (ca.cert.exists() and ca.key.exists()):
         ca = make_ca(cert_dir)
     server = CertPair(cert=cert_dir / "server.pem", key=cert_dir / "server.key")
-    wanted = {*sans, LOOPBACK_SAN}
-    if not (server.cert.exists() and server.key.exists()) or not wanted.issubset(
-        server_cert_sans(server.cert)
+    if not (server.cert.exists() and server.key.exists()) or not _server_cert_current(
+        server.cert, {*sans, LOOPBACK_SAN}
     ):
         server = make_server_cert(ca, cert_dir, sans)
     nodes: dict[str, NodeKey] = {}

@@ -1,8 +1,17 @@
-"""The GitHub workflows (.github/workflows/pulumi-*.yml) cannot run here: check what they say."""
+"""The GitHub workflows (.github/workflows/pulumi-*.yml) cannot run here: check what they say.
+
+Besides what they say, they are checked with their ecosystem's tools that run offline: SchemaStore's
+workflow schema (vendored in tests/data/), shellcheck on every ``run:`` script, and the
+declarations actionlint needs in .github/actionlint.yaml (custom runner labels, ``vars``).
+"""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +88,120 @@ def test_secrets_come_from_repository_secrets(path: Path) -> None:
         for s in job["steps"]:
             if "uses" in s:
                 assert re.match(r"^[\w.-]+/[\w.-]+@v\d+$", s["uses"]), s["uses"]
+
+
+# --- the ecosystems' own checks: SchemaStore's workflow schema, shellcheck, actionlint's config --
+
+DATA = ROOT / "tests" / "data"
+# What the program and its install read (a push that changes any of them must run `pulumi up`).
+PROGRAM_INPUTS = {"__main__.py", "Pulumi.yaml", "stacks/**", "infra/**", "optimizer/**",
+                  "fl/**", "fedcloud/**", "pyproject.toml", "overrides.txt"}
+GITHUB_LABELS = re.compile(r"ubuntu-[\w.-]+|windows-[\w.-]+|macos-[\w.-]+|self-hosted|linux|"
+                           r"x64|arm64")
+WORKFLOW_FILES = sorted(WORKFLOWS.glob("pulumi-*.yml"))
+
+
+def as_json_document(doc: dict[str, Any]) -> dict[str, Any]:
+    """The workflow as GitHub reads it (YAML 1.2: the key ``on`` is the string "on")."""
+    return {("on" if k is True else k): v for k, v in doc.items()}
+
+
+@pytest.mark.parametrize("path", WORKFLOW_FILES, ids=lambda p: p.name)
+def test_workflow_matches_schemastores_github_workflow_schema(path: Path) -> None:
+    import jsonschema
+
+    schema = json.loads((DATA / "github-workflow.schema.json").read_text(encoding="utf-8"))
+    doc = as_json_document(yaml.safe_load(path.read_text(encoding="utf-8")))
+    validator = jsonschema.Draft7Validator(schema)
+    problems = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+                for e in validator.iter_errors(doc)]
+    assert not problems, problems
+    broken = {**doc, "jobs": {"up": {"runs-on": "ubuntu-latest", "step": []}}}
+    assert list(validator.iter_errors(broken))  # the schema does reject a bad job
+
+
+@pytest.mark.parametrize("path", WORKFLOW_FILES, ids=lambda p: p.name)
+def test_path_filters_cover_every_program_input(path: Path) -> None:
+    doc = load(path.name)
+    event = doc["on"]["pull_request" if "preview" in path.name else "push"]
+    assert PROGRAM_INPUTS | {f".github/workflows/{path.name}"} == set(event["paths"])
+    for pattern in event["paths"]:
+        assert list(ROOT.glob(pattern.replace("**", "*"))), f"{pattern} matches nothing"
+
+
+@pytest.mark.parametrize("path", WORKFLOW_FILES, ids=lambda p: p.name)
+def test_pulumi_cli_is_pinned_to_the_sdk_release_and_creates_the_stack(path: Path) -> None:
+    doc = load(path.name)
+    (step,) = pulumi_steps(doc)
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    (sdk,) = [r for r in pyproject["project"]["dependencies"] if r.startswith("pulumi==")]
+    cli = str(step["with"]["pulumi-version"])
+    assert re.fullmatch(r"\d+\.\d+\.\d+", cli), cli  # one release, not a range
+    # CLI and SDK are released together: the CLI must be a release the SDK pin allows
+    assert re.fullmatch(sdk.removeprefix("pulumi==").replace(".", r"\.").replace("*", r"\d+"),
+                        cli), (sdk, cli)
+    assert step["with"]["upsert"] is True  # first use creates the stack
+
+
+def actionlint_config() -> dict[str, Any]:
+    doc = yaml.safe_load((ROOT / ".github" / "actionlint.yaml").read_text(encoding="utf-8"))
+    assert isinstance(doc, dict)
+    return doc
+
+
+def test_actionlint_config_declares_every_custom_runner_label_and_variable() -> None:
+    config = actionlint_config()
+    labels = set(config["self-hosted-runner"]["labels"])
+    used_labels: set[str] = set()
+    used_vars: set[str] = set()
+    for path in WORKFLOW_FILES:
+        text = path.read_text(encoding="utf-8")
+        used_vars |= set(re.findall(r"\bvars\.([A-Za-z_][A-Za-z0-9_]*)", text))
+        for job in load(path.name)["jobs"].values():
+            runs_on = job["runs-on"]
+            for label in [runs_on] if isinstance(runs_on, str) else runs_on:
+                if not GITHUB_LABELS.fullmatch(label):
+                    used_labels.add(label)
+    assert used_labels == {"fedcloud-operator"}
+    assert used_labels <= labels
+    assert used_vars == set(config["config-variables"]) == {"FEDCLOUD_STACK"}
+
+
+def run_scripts(path: Path) -> list[tuple[str, str]]:
+    """Every ``run:`` script of a workflow, ``${{ }}`` expressions replaced as actionlint does."""
+    doc = load(path.name)
+    out = []
+    for job_name, job in doc["jobs"].items():
+        for step in job["steps"]:
+            if "run" in step:
+                script = re.sub(r"\$\{\{.*?\}\}", lambda m: "_" * len(m.group(0)), step["run"])
+                out.append((f"{job_name}: {step.get('name', step['run'][:30])}", script))
+    return out
+
+
+@pytest.mark.parametrize("path", WORKFLOW_FILES, ids=lambda p: p.name)
+def test_shellcheck_accepts_every_run_script(path: Path, tmp_path: Path) -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.fail("shellcheck is not installed: `make test` installs it "
+                    "(apt-get install shellcheck).")
+    scripts = run_scripts(path)
+    assert scripts
+    for name, script in scripts:
+        # GitHub runs `run:` with `bash -e {0}` on Linux runners
+        file = tmp_path / "step.sh"
+        file.write_text(script, encoding="utf-8")
+        result = subprocess.run([shellcheck, "--shell=bash", "--severity=style", str(file)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{path.name} / {name}:\n{result.stdout}"
+    file.write_text('echo $undefined_dir/*\n', encoding="utf-8")
+    assert subprocess.run([shellcheck, "--shell=bash", str(file)],
+                          capture_output=True, timeout=60).returncode != 0
+
+
+def test_secrets_never_expand_inside_scripts() -> None:
+    # A secret spliced into a script lands in the script file on the runner; pass it as env.
+    for path in WORKFLOW_FILES:
+        for job in load(path.name)["jobs"].values():
+            for step in job["steps"]:
+                assert "secrets." not in step.get("run", ""), (path.name, step.get("name"))
