@@ -10,14 +10,12 @@ in plain text.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import json
 import os
 import shlex
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -25,10 +23,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from fedcloud.core.config import ROOT, ConfigView, RawConfig, project_defaults
+from fedcloud.core.config import ROOT
 from fedcloud.core.errors import AuthError
+from fedcloud.core.files import MIB_BYTES, read_bounded, write_json_atomic
+from fedcloud.core.stack import AuthSettings, Endpoints
 from infra.auth import aws, azure, gcp
-from infra.auth.base import AuthSettings, ConfigEntry, Endpoints, Identity
+from infra.auth.base import ConfigEntry, Identity
 
 __all__ = [
     "CLOUDS",
@@ -38,7 +38,6 @@ __all__ = [
     "HandOff",
     "Identity",
     "LinkRecord",
-    "auth_settings",
     "hand_off",
     "link",
     "linked_clouds",
@@ -50,12 +49,9 @@ __all__ = [
 
 CLOUDS: tuple[str, ...] = ("aws", "gcp", "azure")
 STATE_FILE = "auth.json"
+STATE_FILE_MAX_BYTES = 1 * MIB_BYTES
 PULUMI_TIMEOUT_S = 60.0
 _MODULES: dict[str, ModuleType] = {"aws": aws, "gcp": gcp, "azure": azure}
-_ENDPOINT_KEYS = {"awsSts": "aws_sts", "gcpResourceManager": "gcp_resource_manager",
-                  "azureAuthorityHost": "azure_authority_host",
-                  "azureManagement": "azure_management"}
-
 
 @dataclass(frozen=True)
 class LinkRecord:
@@ -104,28 +100,6 @@ def module(cloud: str) -> ModuleType:
         hint = f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(CLOUDS)}."
         raise AuthError(f"unknown cloud '{cloud}'.", hint)
     return _MODULES[cloud]
-
-
-def auth_settings(raw: RawConfig) -> AuthSettings:
-    """Parse the stack's ``fedcloud:auth`` section (keys a stack omits keep Pulumi.yaml's value).
-
-    Raises:
-        ConfigError: A key of the section is unknown or has the wrong type.
-    """
-    declared = project_defaults().get("auth") or {}
-    given = raw.values.get("auth") or {}
-    merged = {**declared, **given} if isinstance(given, dict) else given
-    view = ConfigView(raw.source, "fedcloud:", {"auth": merged}).sub("auth")
-    view.check_keys(["onlyLinked", "timeoutS", "endpoints"])
-    endpoints: dict[str, str | None] = {}
-    if view.has("endpoints"):
-        ep = view.sub("endpoints")
-        ep.check_keys(list(_ENDPOINT_KEYS))
-        for key, attr in _ENDPOINT_KEYS.items():
-            endpoints[attr] = ep.get_str(key) if ep.has(key) and ep.data.get(key) != "" else None
-    return AuthSettings(only_linked=view.get_bool("onlyLinked"),
-                        timeout_s=view.get_float("timeoutS", minimum=0, exclusive_minimum=True),
-                        endpoints=Endpoints(**endpoints))
 
 
 def load_credential(cloud: str, path: str | Path, *, profile: str | None = None,
@@ -214,14 +188,14 @@ def read_status(state_dir: Path) -> dict[str, LinkRecord]:
     """
     path = Path(state_dir) / STATE_FILE
     out = {cloud: LinkRecord(cloud=cloud, linked=False) for cloud in CLOUDS}
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return out
-    except (ValueError, OSError) as exc:
-        raise AuthError(f"{path} is unreadable ({type(exc).__name__}).",
-                        f"delete {path} and link the clouds again with fedcloud auth add.",
-                        ) from None
+    fix = f"delete {path} and link the clouds again with fedcloud auth add."
+    data = read_bounded(path, STATE_FILE_MAX_BYTES, "the auth record", error=AuthError, fix=fix)
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise AuthError(f"{path} is unreadable ({type(exc).__name__}).", fix) from None
     clouds = doc.get("clouds") if isinstance(doc, dict) else None
     if not isinstance(clouds, dict):
         raise AuthError(f"{path} has no 'clouds' mapping.",
@@ -250,11 +224,14 @@ def linked_clouds(state_dir: Path) -> set[str]:
     return {cloud for cloud, rec in read_status(state_dir).items() if rec.linked}
 
 
-def offerable_clouds(raw: RawConfig, clouds: Iterable[str]) -> list[str]:
+def offerable_clouds(settings: AuthSettings, state_dir: Path, stack: str,
+                     clouds: Iterable[str]) -> list[str]:
     """Return ``clouds`` (the stack's ``fedcloud:clouds``) filtered as ``onlyLinked`` asks.
 
     Args:
-        raw: The stack.
+        settings: The stack's ``fedcloud:auth``.
+        state_dir: The stack's state directory (where links are recorded).
+        stack: The stack name, for the message.
         clouds: The clouds the stack allows, in order.
 
     Returns:
@@ -264,16 +241,16 @@ def offerable_clouds(raw: RawConfig, clouds: Iterable[str]) -> list[str]:
         AuthError: ``onlyLinked`` is true and none of ``clouds`` is linked.
     """
     wanted = list(clouds)
-    if not auth_settings(raw).only_linked:
+    if not settings.only_linked:
         return wanted
-    linked = linked_clouds(raw.state_dir)
+    linked = linked_clouds(state_dir)
     kept = [c for c in wanted if c in linked]
     if not kept:
         raise AuthError(
-            f"stack '{raw.stack}' asks for linked clouds only (fedcloud:auth.onlyLinked) but none "
+            f"stack '{stack}' asks for linked clouds only (fedcloud:auth.onlyLinked) but none "
             f"of {wanted} is linked.",
             f"link one: fedcloud auth add {wanted[0] if wanted else 'aws'} --file PATH "
-            f"--stack {raw.stack}, or set fedcloud:auth.onlyLinked to false.")
+            f"--stack {stack}, or set fedcloud:auth.onlyLinked to false.")
     return kept
 
 
@@ -365,16 +342,4 @@ def _write_record(state_dir: Path, record: LinkRecord) -> None:
     records = read_status(state_dir)
     records[record.cloud] = record
     doc = {"version": 1, "clouds": {c: asdict(r) for c, r in records.items()}}
-    fd, tmp = tempfile.mkstemp(prefix=".auth-", suffix=".json", dir=state_dir)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(doc, out, indent=2, sort_keys=True)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, state_dir / STATE_FILE)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_json_atomic(state_dir / STATE_FILE, doc, mode=0o600)

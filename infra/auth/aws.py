@@ -22,12 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedcloud.core.errors import AuthError
-from infra.auth.base import AuthSettings, ConfigEntry, Identity, check_url, read_text
+from fedcloud.core.files import short
+from fedcloud.core.stack import AuthSettings
+from infra.auth.base import ConfigEntry, Identity, check_url, listing, read_text
 
 CLOUD = "aws"
 
 _KEY_ID = re.compile(r"^(AKIA|ASIA)[A-Z0-9]{16}$")
 _SECRET = re.compile(r"^[A-Za-z0-9/+]{40}$")
+# IAM user names: up to 64 of letters, digits and +=,.@_- (a secret never goes into a message).
+_USER = re.compile(r"^[\w+=,.@-]{1,64}$", re.ASCII)
 _FIX_NEW_KEY = ("create an access key in the IAM console (Security credentials > Create access "
                 "key) and pass its downloaded CSV to --file")
 # STS is a global service; a region is still needed to sign. us-east-1 holds the global endpoint.
@@ -72,7 +76,7 @@ def load(path: Path, *, profile: str | None = None, subscription: str | None = N
         AuthError: The file is neither format, or lacks a usable key; names the file and the fix.
     """
     text = read_text(CLOUD, path, "an access-key CSV or a credentials file", _FIX_NEW_KEY)
-    first = next(line.strip() for line in text.splitlines() if line.strip())
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     if first.startswith("["):
         key_id, secret, token, used = _from_ini(path, text, profile)
     else:
@@ -82,9 +86,12 @@ def load(path: Path, *, profile: str | None = None, subscription: str | None = N
 
 def _from_csv(path: Path, text: str, profile: str | None,
               ) -> tuple[str, str, str | None, str | None]:
-    rows = list(csv.reader(io.StringIO(text)))
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    header = [h.strip().lower() for h in rows[0]]
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
+    except csv.Error as exc:
+        raise AuthError(f"aws: {path} is not a readable CSV ({short(str(exc), 60)}).",
+                        _FIX_NEW_KEY + ".") from None
+    header = [h.strip().lower() for h in rows[0]] if rows else []
     if "access key id" not in header or "secret access key" not in header:
         raise AuthError(
             f"aws: {path} is neither a shared credentials file (no [profile] section) nor the "
@@ -93,22 +100,33 @@ def _from_csv(path: Path, text: str, profile: str | None,
     records = [dict(zip(header, (c.strip() for c in r), strict=False)) for r in rows[1:]]
     if not records:
         raise AuthError(f"aws: {path} has the CSV header but no access key row.", _FIX_NEW_KEY)
-    users = [r.get("user name", "") for r in records]
+    users = _user_names(records)
     if profile is not None:
         if "user name" not in header:
-            raise AuthError(f"aws: --profile {profile} was given but {path} is a one-key CSV "
-                            "without a 'User name' column.",
+            raise AuthError(f"aws: --profile {short(profile)} was given but {path} is a one-key "
+                            "CSV without a 'User name' column.",
                             "drop --profile for this file (it applies to credentials files).")
         records = [r for r in records if r.get("user name") == profile]
         if not records:
-            raise AuthError(f"aws: {path} has no row for user '{profile}'.",
-                            f"use one of: {', '.join(users)}.")
+            raise AuthError(f"aws: {path} has no row for user '{short(profile)}'.",
+                            f"use one of: {users}.")
     if len(records) > 1:
         raise AuthError(f"aws: {path} holds {len(records)} access keys.",
-                        f"choose one with --profile USER (users: {', '.join(users)}).")
+                        f"choose one with --profile USER (users: {users}).")
     row = records[0]
-    return (row.get("access key id", ""), row.get("secret access key", ""), None,
-            row.get("user name") or None)
+    user = row.get("user name") or None
+    if user is not None and (not _USER.match(user) or _SECRET.match(user)):
+        user = None  # not a user name, maybe a misplaced secret: kept out of labels
+    return row.get("access key id", ""), row.get("secret access key", ""), None, user
+
+
+def _user_names(records: list[dict[str, str]]) -> str:
+    """List the CSV's user names that look like IAM user names (a cell may hold a secret)."""
+    names = [r.get("user name", "") for r in records]
+    plausible = [n for n in names if _USER.match(n) and not _SECRET.match(n)]
+    hidden = len(names) - len(plausible)
+    shown = listing(plausible) or "none readable"
+    return shown + (f", plus {hidden} that are not IAM user names" if hidden else "")
 
 
 def _from_ini(path: Path, text: str, profile: str | None,
@@ -117,21 +135,23 @@ def _from_ini(path: Path, text: str, profile: str | None,
     try:
         parser.read_string(text, source=str(path))
     except configparser.Error as exc:
-        reason = str(exc).splitlines()[0]
-        # configparser quotes the offending line, which may hold a secret: keep only the kind.
+        # configparser quotes the offending line, which may hold a secret: keep only the kind
+        # and the line number.
         kind = type(exc).__name__
-        raise AuthError(f"aws: {path} is not a valid credentials file ({kind}).",
-                        "fix the INI syntax: '[profile]' headers and 'key = value' lines "
-                        f"(parser said: {reason.split(':')[0]}).") from None
+        line = getattr(exc, "lineno", None)
+        where = f" at line {line}" if isinstance(line, int) else ""
+        raise AuthError(f"aws: {path} is not a valid credentials file ({kind}{where}).",
+                        "fix the INI syntax: '[profile]' headers and 'key = value' lines, each "
+                        "option once per profile.") from None
     name = profile or "default"
     sections = parser.sections()
     section = name if name in sections else f"profile {name}"
     if section not in sections:
         names = [s.removeprefix("profile ") for s in sections]
         close = difflib.get_close_matches(name, names, n=1)
-        hint = f"did you mean --profile {close[0]}?" if close else (
-            f"pass --profile with one of: {', '.join(names) or 'none (the file has no sections)'}.")
-        raise AuthError(f"aws: {path} has no profile '{name}'.", hint)
+        hint = f"did you mean --profile {short(close[0])}?" if close else (
+            f"pass --profile with one of: {listing(names) or 'none (the file has no sections)'}.")
+        raise AuthError(f"aws: {path} has no profile '{short(name)}'.", hint)
     values = parser[section]
     key_id = values.get("aws_access_key_id", "").strip()
     secret = values.get("aws_secret_access_key", "").strip()
@@ -141,22 +161,24 @@ def _from_ini(path: Path, text: str, profile: str | None,
                                 "credential_process", "web_identity_token_file") if k in values]
         if indirect:
             raise AuthError(
-                f"aws: profile '{name}' in {path} gets its keys indirectly ({indirect[0]}); "
+                f"aws: profile '{short(name)}' in {path} gets its keys indirectly ({indirect[0]}); "
                 "fedcloud needs static keys it can hand to Pulumi.",
                 f"{_FIX_NEW_KEY}, or export temporary keys (aws configure export-credentials "
-                f"--profile {name} --format process) into a credentials file.")
+                f"--profile {short(name)} --format process) into a credentials file.")
         missing = "aws_access_key_id" if not key_id else "aws_secret_access_key"
-        raise AuthError(f"aws: profile '{name}' in {path} has no {missing}.",
-                        f"add '{missing} = ...' under [{section}], or {_FIX_NEW_KEY}.")
+        raise AuthError(f"aws: profile '{short(name)}' in {path} has no {missing}.",
+                        f"add '{missing} = ...' under [{short(section)}], or {_FIX_NEW_KEY}.")
     return key_id, secret, token, name
 
 
 def _checked(path: Path, profile: str | None, key_id: str, secret: str, token: str | None,
              ) -> AwsCredential:
     if not _KEY_ID.match(key_id):
-        shown = key_id[:4] + "..." if len(key_id) > 4 else repr(key_id)
-        raise AuthError(f"aws: the access key id in {path} ({shown}, {len(key_id)} characters) "
-                        "is not an AWS access key id (AKIA/ASIA + 16 letters or digits).",
+        # Nothing of the value is shown: when columns are swapped it is the secret.
+        swapped = (" It has the shape of a secret access key: the columns or keys are swapped."
+                   if _SECRET.match(key_id) else "")
+        raise AuthError(f"aws: the access key id in {path} ({len(key_id)} characters) is not an "
+                        f"AWS access key id (AKIA/ASIA + 16 letters or digits).{swapped}",
                         "check that the columns or keys are not swapped or truncated.")
     if not _SECRET.match(secret):
         raise AuthError(f"aws: the secret access key in {path} is malformed "

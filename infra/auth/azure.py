@@ -12,7 +12,6 @@ that token (needs a role on the subscription, e.g. Reader).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -20,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from fedcloud.core.errors import AuthError
-from infra.auth.base import AuthSettings, ConfigEntry, Identity, check_url, read_text
+from fedcloud.core.files import short
+from fedcloud.core.stack import AuthSettings
+from infra.auth.base import (
+    ConfigEntry,
+    Identity,
+    check_url,
+    load_json,
+    read_text,
+)
 
 CLOUD = "azure"
 PUBLIC_AUTHORITY = "https://login.microsoftonline.com"
@@ -86,14 +93,8 @@ def load(path: Path, *, profile: str | None = None, subscription: str | None = N
         AuthError: Not JSON, a missing or malformed field, or no subscription id.
     """
     text = read_text(CLOUD, path, "the JSON of az ad sp create-for-rbac", _FIX_NEW_SP)
-    try:
-        info = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise AuthError(f"azure: {path} is not JSON (line {exc.lineno}, column {exc.colno}: "
-                        f"{exc.msg}).", "save the output of az ad sp create-for-rbac unchanged, "
-                        "or " + _FIX_NEW_SP + ".") from None
-    if not isinstance(info, dict):
-        raise AuthError(f"azure: {path} is JSON but not an object.", _FIX_NEW_SP + ".")
+    info = load_json(CLOUD, path, text, "save the output of az ad sp create-for-rbac unchanged, "
+                     "or " + _FIX_NEW_SP + ".")
     sdk_auth = "clientId" in info
     names = (("clientId", "clientSecret", "tenantId") if sdk_auth
              else ("appId", "password", "tenant"))
@@ -112,28 +113,31 @@ def load(path: Path, *, profile: str | None = None, subscription: str | None = N
                             f"{_FIX_NEW_SP}.")
         values[name] = value.strip()
     client_id, secret, tenant = (values[n] for n in names)
+    # A value that fails its check is not shown: it may be the secret in the wrong field.
     if not _GUID.match(client_id):
-        raise AuthError(f"azure: '{names[0]}' in {path} is '{client_id}', not a GUID.",
-                        "copy appId from the az output unchanged.")
+        raise AuthError(f"azure: '{names[0]}' in {path} is not a GUID ({len(client_id)} "
+                        "characters).", "copy appId from the az output unchanged.")
     if not (_GUID.match(tenant) or _DOMAIN.match(tenant)):
-        raise AuthError(f"azure: '{names[2]}' in {path} is '{tenant}', neither a GUID nor a "
-                        "domain.", "az account show --query tenantId -o tsv")
+        raise AuthError(f"azure: '{names[2]}' in {path} is neither a GUID nor a domain "
+                        f"({len(tenant)} characters).", "az account show --query tenantId -o tsv")
     sub = (subscription or str(info.get("subscriptionId") or "")).strip()
     if not sub:
         raise AuthError(f"azure: no subscription id for {path}.",
                         "pass --subscription ID (az account show --query id -o tsv).")
     if not _GUID.match(sub):
-        raise AuthError(f"azure: subscription id '{sub}' is not a GUID.",
+        where = (f"subscription id '{short(sub)}'" if subscription else
+                 f"'subscriptionId' in {path} ({len(sub)} characters)")
+        raise AuthError(f"azure: {where} is not a GUID.",
                         "pass --subscription with the id from az account show --query id -o tsv.")
     authority = info.get("activeDirectoryEndpointUrl") if sdk_auth else None
     management = info.get("resourceManagerEndpointUrl") if sdk_auth else None
     return AzureCredential(
         path=path, tenant_id=tenant, client_id=client_id, client_secret=secret,
         subscription_id=sub,
-        authority_host=check_url(f"'activeDirectoryEndpointUrl' in {path}", authority)
-        if authority else None,
-        management=check_url(f"'resourceManagerEndpointUrl' in {path}", management)
-        if management else None,
+        authority_host=check_url(f"'activeDirectoryEndpointUrl' in {path}", authority,
+                                 echo=False) if authority else None,
+        management=check_url(f"'resourceManagerEndpointUrl' in {path}", management,
+                             echo=False) if management else None,
     )
 
 
@@ -193,6 +197,12 @@ def validate(credential: AzureCredential, settings: AuthSettings) -> Identity:
                              timeout=(timeout, timeout))
     except requests.RequestException as exc:
         raise _network(step, exc, timeout) from None
+    return _subscription_identity(step, reply, credential)
+
+
+def _subscription_identity(step: str, reply: Any, credential: AzureCredential) -> Identity:
+    """Return the identity from ARM's answer to ``GET /subscriptions/{id}``, or raise why not."""
+    sub = credential.subscription_id
     try:
         body = reply.json()
     except ValueError:

@@ -14,19 +14,27 @@ host this command has no reason to contact.
 from __future__ import annotations
 
 import functools
-import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedcloud.core.errors import AuthError
-from infra.auth.base import AuthSettings, ConfigEntry, Identity, check_url, read_text
+from fedcloud.core.stack import AuthSettings
+from infra.auth.base import (
+    ConfigEntry,
+    Identity,
+    check_url,
+    load_json,
+    read_text,
+)
 
 CLOUD = "gcp"
 SCOPE = "https://www.googleapis.com/auth/cloud-platform.read-only"
 _FIX_NEW_KEY = ("create a key: gcloud iam service-accounts keys create key.json "
                 "--iam-account SA_EMAIL, and pass key.json to --file")
 _REQUIRED = ("project_id", "private_key_id", "private_key", "client_email", "token_uri")
+_KIND = re.compile(r"^[a-z_]{1,40}$")  # a 'type' shown in a message must look like one
 
 
 @dataclass(frozen=True)
@@ -71,28 +79,22 @@ def load(path: Path, *, profile: str | None = None, subscription: str | None = N
             private key; names the file, the field and the fix.
     """
     text = read_text(CLOUD, path, "a service-account JSON key", _FIX_NEW_KEY)
-    try:
-        info = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise AuthError(f"gcp: {path} is not JSON (line {exc.lineno}, column {exc.colno}: "
-                        f"{exc.msg}).", _FIX_NEW_KEY + " (download it again; do not edit it).",
-                        ) from None
-    if not isinstance(info, dict):
-        raise AuthError(f"gcp: {path} is JSON but not an object.", _FIX_NEW_KEY)
+    info = load_json(CLOUD, path, text, _FIX_NEW_KEY + " (download it again; do not edit it).")
     kind = info.get("type")
     if kind != "service_account":
         what = {
             "authorized_user": "a user login (gcloud auth application-default login)",
             "external_account": "a workload identity federation configuration",
             "impersonated_service_account": "an impersonation configuration",
-        }.get(str(kind), f"of type {kind!r}")
+        }.get(str(kind), f"of type '{kind}'" if isinstance(kind, str) and _KIND.match(kind)
+              else "of an unknown type")
         raise AuthError(f"gcp: {path} is {what}, not a service-account key "
                         "('type': 'service_account').", _FIX_NEW_KEY + ".")
     missing = [k for k in _REQUIRED if not isinstance(info.get(k), str) or not info.get(k)]
     if missing:
         raise AuthError(f"gcp: {path} lacks the field(s) {', '.join(missing)} of a service-account "
                         "key.", _FIX_NEW_KEY + " (the file may be truncated or edited).")
-    token_uri = check_url(f"'token_uri' in {path}", info["token_uri"])
+    token_uri = check_url(f"'token_uri' in {path}", info["token_uri"], echo=False)
     _credentials(info, path)  # parse the private key now: a bad key is a format error
     return GcpCredential(path=path, project_id=info["project_id"],
                          client_email=info["client_email"], token_uri=token_uri,

@@ -10,8 +10,8 @@ import pytest
 from auth_fixtures import BlackHole, MotoServer, isolated_env
 
 from fedcloud.core.errors import AuthError
+from fedcloud.core.stack import AuthSettings, Endpoints
 from infra.auth import aws
-from infra.auth.base import AuthSettings, Endpoints
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_malformed_files_say_what_and_how_to_fix(tmp_path: Path, name: str, text
 
 
 def test_missing_file_names_it(tmp_path: Path) -> None:
-    with pytest.raises(AuthError, match=r"credential file .*nope\.csv not found"):
+    with pytest.raises(AuthError, match=r"aws: .*nope\.csv not found \(a credential file"):
         aws.load(tmp_path / "nope.csv")
 
 

@@ -11,8 +11,8 @@ import pytest
 from auth_fixtures import BlackHole, FakeCloud, FakeCloudServer, isolated_env, make_tls
 
 from fedcloud.core.errors import AuthError
+from fedcloud.core.stack import AuthSettings, Endpoints
 from infra.auth import azure
-from infra.auth.base import AuthSettings, Endpoints
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,9 @@ import pytest
 from auth_fixtures import FakeCloud, FakeCloudServer, isolated_env, make_tls
 
 from fedcloud.cli.main import main
-from fedcloud.core.config import ROOT, load_stack
+from fedcloud.core.config import ROOT
 from fedcloud.core.errors import AuthError, ConfigError
+from fedcloud.core.stack import load
 from infra import auth
 from infra.auth import aws
 
@@ -49,6 +50,8 @@ def stack_file(tmp_path: Path, cloud: FakeCloud, only_linked: bool = True) -> Pa
     path.write_text(textwrap.dedent(f"""\
         config:
           fedcloud:stateDir: {tmp_path / "state"}
+          fedcloud:limits: {{maxCost: 100, maxLatencyMs: 300}}
+          fedcloud:participants: [{{name: p, location: {{region: "aws:us-east-1"}}}}]
           fedcloud:auth:
             onlyLinked: {str(only_linked).lower()}
             endpoints:
@@ -84,8 +87,9 @@ def test_add_records_the_link_privately_and_prints_pulumi_commands(
     assert not list(record.parent.glob(".auth-*"))  # no temp file left behind
     assert auth.linked_clouds(tmp_path / "state") == {"gcp"}
 
-    raw = load_stack(path=stack)
-    assert auth.offerable_clouds(raw, ["aws", "gcp", "azure"]) == ["gcp"]
+    cfg = load(path=stack)
+    assert auth.offerable_clouds(cfg.auth, cfg.state_dir, cfg.stack,
+                                 ["aws", "gcp", "azure"]) == ["gcp"]
 
     assert main(["auth", "status", "--config", str(stack)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -122,7 +126,7 @@ def test_failed_attempt_is_recorded_without_unlinking(
 
 
 def test_first_failure_leaves_the_cloud_unlinked(cloud: FakeCloud, tmp_path: Path) -> None:
-    settings = auth.auth_settings(load_stack(path=stack_file(tmp_path, cloud)))
+    settings = load(path=stack_file(tmp_path, cloud)).auth
     key = cloud.new_gcp_key(tmp_path, register=False)
     with pytest.raises(AuthError, match="Invalid JWT Signature"):
         auth.link("gcp", key, tmp_path / "state", settings)
@@ -131,24 +135,25 @@ def test_first_failure_leaves_the_cloud_unlinked(cloud: FakeCloud, tmp_path: Pat
 
 
 def test_only_linked_without_any_link_says_how_to_link(cloud: FakeCloud, tmp_path: Path) -> None:
-    raw = load_stack(path=stack_file(tmp_path, cloud))
+    cfg = load(path=stack_file(tmp_path, cloud))
     with pytest.raises(AuthError, match=r"none of \['aws', 'gcp'\] is linked.*fedcloud auth add "
                        r"aws --file PATH --stack authtest"):
-        auth.offerable_clouds(raw, ["aws", "gcp"])
-    relaxed = load_stack(path=stack_file(tmp_path, cloud, only_linked=False))
-    assert auth.offerable_clouds(relaxed, ["aws", "gcp"]) == ["aws", "gcp"]
+        auth.offerable_clouds(cfg.auth, cfg.state_dir, cfg.stack, ["aws", "gcp"])
+    relaxed = load(path=stack_file(tmp_path, cloud, only_linked=False))
+    assert auth.offerable_clouds(relaxed.auth, relaxed.state_dir, relaxed.stack,
+                                 ["aws", "gcp"]) == ["aws", "gcp"]
 
 
 def test_settings_keep_declared_defaults_and_reject_typos(cloud: FakeCloud,
                                                           tmp_path: Path) -> None:
-    settings = auth.auth_settings(load_stack(path=stack_file(tmp_path, cloud)))
+    settings = load(path=stack_file(tmp_path, cloud)).auth
     assert settings.timeout_s == 15  # not set in the stack: Pulumi.yaml's declared value
     assert settings.endpoints.aws_sts is None
     assert settings.endpoints.gcp_resource_manager == cloud.base
     typo = tmp_path / "Pulumi.typo.yaml"
-    typo.write_text("config:\n  fedcloud:auth:\n    onlyLinkd: true\n")
+    typo.write_text(stack_file(tmp_path, cloud).read_text().replace("onlyLinked", "onlyLinkd"))
     with pytest.raises(ConfigError, match=r"fedcloud:auth.onlyLinkd .*did you mean 'onlyLinked'"):
-        auth.auth_settings(load_stack(path=typo))
+        load(path=typo)
 
 
 @pytest.mark.parametrize(("argv", "match"), [
@@ -204,8 +209,8 @@ def test_secret_is_never_written_to_a_terminal(tmp_path: Path) -> None:
     leader, follower = pty.openpty()
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "fedcloud.cli.main", "auth", "secret", "aws", "--file", str(path),
-             "--profile", "fl", "--key", "aws:secretKey"],
+            [sys.executable, "-m", "fedcloud.cli.main", "auth", "secret", "aws", "--file",
+             str(path), "--profile", "fl", "--key", "aws:secretKey"],
             stdout=follower, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=60,
             check=False)
         os.set_blocking(leader, False)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from auth_fixtures import BlackHole, FakeCloud, FakeCloudServer, isolated_env, make_tls
 
 from fedcloud.core.errors import AuthError
+from fedcloud.core.stack import AuthSettings, Endpoints
 from infra.auth import gcp
-from infra.auth.base import AuthSettings, Endpoints
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def settings(crm: str, timeout_s: float = 5.0) -> AuthSettings:
                         endpoints=Endpoints(gcp_resource_manager=crm))
 
 
-def granted_key(cloud: FakeCloud, tmp_path: Path, **kwargs: str) -> Path:
+def granted_key(cloud: FakeCloud, tmp_path: Path, **kwargs: Any) -> Path:
     path = cloud.new_gcp_key(tmp_path, **kwargs)
     info = json.loads(path.read_text())
     cloud.gcp_grants.add((info["client_email"], info["project_id"]))
@@ -57,10 +58,11 @@ def test_service_account_key_links_the_project(cloud: FakeCloud, tmp_path: Path)
 
 
 def _key(tmp_path: Path, **changes: object) -> str:
-    base = {"type": "service_account", "project_id": "p", "private_key_id": "k",
-            "private_key": "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n",
-            "client_email": "sa@p.iam.gserviceaccount.com",
-            "token_uri": "https://oauth2.googleapis.com/token"}
+    base: dict[str, object] = {
+        "type": "service_account", "project_id": "p", "private_key_id": "k",
+        "private_key": "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n",
+        "client_email": "sa@p.iam.gserviceaccount.com",
+        "token_uri": "https://oauth2.googleapis.com/token"}
     base.update(changes)
     return json.dumps({k: v for k, v in base.items() if v is not None})
 
