@@ -124,14 +124,15 @@ def cmd_best(args: argparse.Namespace) -> int:
     result = {"run_id": rec.round.run_id, "round": rec.round.server_round,
               "metrics": dict(rec.round.metrics), "criteria": criteria.to_dict(),
               "model_name": rec.model_name, "version": rec.version, "alias": "best",
-              "candidates": rec.candidates}
+              "model_uri": f"models:/{rec.model_name}@best", "candidates": rec.candidates}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         figures = ", ".join(f"{k} {v:.4f}" for k, v in rec.round.metrics.items())
         print(f"best ({criteria.describe()}): round {rec.round.server_round} of run "
               f"{rec.round.run_id[:8]} out of {rec.candidates} round(s): {figures}")
-        print(f"registered as {rec.model_name} version {rec.version} (alias 'best')")
+        print(f"registered as {rec.model_name} version {rec.version} (alias 'best'), an MLflow "
+              f"Model: mlflow.pytorch.load_model('models:/{rec.model_name}@best')")
     return 0
 
 

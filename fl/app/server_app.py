@@ -8,13 +8,21 @@ records each round and prints its ``FEDCLOUD_ROUND`` line.
 
 It ends with one ``FEDCLOUD_STATUS {json}`` line: ``COMPLETED``; ``NODES_LOST`` when fewer than
 ``min-nodes`` participants were connected or replying (the store's run closed as ``FAILED``,
-Flower's run ``finished:failed``); ``FAILED`` for any other error.
+Flower's run ``finished:failed``); ``FAILED`` for any other error. SIGTERM/SIGINT close the
+store's run as ``KILLED`` before Flower's own handler (or the default action) ends the process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from logging import INFO
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from logging import ERROR, INFO
+from types import FrameType
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, Context
@@ -22,15 +30,19 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from fl.app import task
-from fl.app.records import RoundStore
+from fl.app.records import MISSING, RoundRecord, RoundStore
 from fl.app.runconfig import STATUS_MARK, RunConfig
 from fl.app.strategy import BoundedFedAvg, NodesLostError
 
 STATUS_COMPLETED = "COMPLETED"
 STATUS_NODES_LOST = "NODES_LOST"
 STATUS_FAILED = "FAILED"
-# Run config keys that are not recorded as run params (where and under which name to record).
-UNRECORDED_KEYS: tuple[str, ...] = ("tracking-uri", "run-name")
+# RunConfig fields not recorded as run params: where and under which name to record, and the
+# stack and experiment (run tag ``stack`` and the MLflow experiment itself).
+UNRECORDED_FIELDS: tuple[str, ...] = ("tracking_uri", "run_name", "stack", "experiment")
+Handler = Callable[[int, FrameType | None], Any] | int
+# Signals that end the process: the store's run is closed as KILLED first.
+KILL_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
 
 app = ServerApp()
 
@@ -51,11 +63,65 @@ def open_round_store(cfg: RunConfig) -> RoundStore | None:
 
 def _start_store_run(store: RoundStore, cfg: RunConfig, flower_run_id: int,
                      model_bytes: int) -> str:
-    params = {**cfg.model_spec(),
-              **{k: v for k, v in cfg.to_flower().items() if k not in UNRECORDED_KEYS},
-              "model_bytes": model_bytes}
+    # Each parameter once, under the RunConfig field name (the model spec's names among them).
+    params = {k: v for k, v in asdict(cfg).items() if k not in UNRECORDED_FIELDS}
+    params["model_bytes"] = model_bytes
     tags = {"flower_run_id": str(flower_run_id), "stack": cfg.stack}
     return store.start_run(cfg.run_name or f"flower-{flower_run_id}", params, tags)
+
+
+class RunCloser:
+    """Closes the store's run exactly once, with the status of whatever ends the ServerApp."""
+
+    def __init__(self, store: RoundStore | None) -> None:
+        self.store = store
+        self.status: str | None = None if store is not None else "none"
+
+    def close(self, status: str) -> None:
+        """End the run with ``status`` unless it is already closed (a failure is logged)."""
+        if self.status is not None or self.store is None:
+            return
+        self.status = status
+        try:
+            self.store.end_run(status)
+        except Exception as exc:  # the store may be what failed: keep the original error
+            log(ERROR, "closing the store's run as %s failed: %s", status, exc)
+
+
+@contextlib.contextmanager
+def killed_on_signal(closer: RunCloser,
+                     signals: tuple[signal.Signals, ...] = KILL_SIGNALS) -> Iterator[None]:
+    """Close the run as ``KILLED`` on a signal, then hand the signal to the previous handler.
+
+    Flower's ``flwr-serverapp`` installs its own graceful-exit handler (it exits the process);
+    it runs after ours. With no Python handler the default action is taken (the process dies
+    by the signal). Signals ignored before stay ignored. Only the main thread can install one.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Handler] = {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        closer.close("KILLED")
+        for number, before in previous.items():
+            signal.signal(number, before)
+        before = previous[signum]
+        if callable(before):
+            before(signum, frame)
+        else:
+            signal.raise_signal(signum)
+
+    for sig in signals:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            old = signal.signal(sig, handler)
+            previous[sig] = signal.SIG_DFL if old is None else old  # None: set outside Python
+    try:
+        yield
+    finally:
+        for number, before in previous.items():
+            if signal.getsignal(number) is handler:
+                signal.signal(number, before)
 
 
 @app.main()
@@ -67,20 +133,37 @@ def main(grid: Grid, context: Context) -> None:
     size = task.model_bytes(model)
     store = open_round_store(cfg)
     store_run_id = None if store is None else _start_store_run(store, cfg, context.run_id, size)
+    closer = RunCloser(store)
     strategy = BoundedFedAvg(cfg, store)
     log(INFO, "model %s: %d bytes of parameters", cfg.model, size)
-    try:
-        strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
-                       num_rounds=cfg.rounds, timeout=cfg.phase_timeout_s,
-                       evaluate_fn=strategy.checkpoint)
-    except Exception as exc:
-        lost = isinstance(exc, NodesLostError)
-        detail = str(exc) if lost else f"{type(exc).__name__}: {exc}"
-        _status_line(STATUS_NODES_LOST if lost else STATUS_FAILED, detail,
-                     len(strategy.rounds), store_run_id)
-        if store is not None:
-            store.end_run("FAILED")
-        raise
-    if store is not None:
-        store.end_run("FINISHED")
-    _status_line(STATUS_COMPLETED, f"{cfg.rounds} rounds", len(strategy.rounds), store_run_id)
+    with killed_on_signal(closer):
+        try:
+            strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
+                           num_rounds=cfg.rounds, timeout=cfg.phase_timeout_s,
+                           evaluate_fn=strategy.checkpoint)
+        except Exception as exc:
+            lost = isinstance(exc, NodesLostError)
+            detail = str(exc) if lost else f"{type(exc).__name__}: {exc}"
+            _status_line(STATUS_NODES_LOST if lost else STATUS_FAILED, detail,
+                         len(strategy.rounds), store_run_id)
+            closer.close("FAILED")
+            raise
+        except BaseException:  # SystemExit/KeyboardInterrupt: the process is being stopped
+            closer.close("KILLED")
+            raise
+        closer.close("FINISHED")
+    _status_line(STATUS_COMPLETED, f"{cfg.rounds} rounds" + _dropouts(strategy.rounds),
+                 len(strategy.rounds), store_run_id)
+
+
+def _dropouts(rounds: list[RoundRecord]) -> str:
+    """``"; degraded: hospital-kr missed rounds 2, 3"`` for a run that went on without someone."""
+    missed: dict[str, list[int]] = {}
+    for record in rounds:
+        for name in record.extra.get(MISSING, ()) or ():
+            missed.setdefault(str(name), []).append(record.server_round)
+    if not missed:
+        return ""
+    return "; degraded: " + "; ".join(
+        f"{name} missed round(s) {', '.join(map(str, sorted(r)))}"
+        for name, r in sorted(missed.items()))

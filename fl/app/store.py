@@ -1,7 +1,8 @@
 """The round writer: what the ServerApp records in MLflow after every round (it ships in the FAB).
 
 It defines the Model Manager's format (``fl.registry`` reads it back): run params and tags,
-per-round metrics and artifacts, and the commit tag ``fedcloud.round.NNNN`` written last.
+per-round metrics (step = round) and artifacts, and the commit tag ``fedcloud.round.NNNN`` (the
+checkpoint's SHA-256) written last.
 MLflow's telemetry is switched off before its first import (:data:`MLFLOW_QUIET_ENV`).
 See fl/README.md, "What is recorded" and "No phoning home".
 """
@@ -41,6 +42,16 @@ ROUNDS_ARTIFACT_DIR = "rounds"
 CHECKPOINT_FILE = "model.pt"
 ROUND_FILE = "round.json"
 EXPERIMENT_TAG = "fedcloud.experiment"
+# The experiment tag the MLflow 3 UI reads to open an experiment on runs and charts (machine
+# learning) rather than on traces (GenAI): `ExperimentKind.CUSTOM_MODEL_DEVELOPMENT` in the UI
+# bundle (mlflow/server/js/build/static/js, "mlflow.experimentKind"), documented in
+# mlflow/assistant/skills/mlflow-onboarding/SKILL.md; checked against mlflow 3.17.2.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# Per-client metrics: client/<participant>/<figure>, round-level ones round/<figure> (the MLflow
+# UI groups charts by the prefix before the first "/").
+CLIENT_METRIC_PREFIX = "client/"
+ROUND_METRIC_PREFIX = "round/"
 # Run tag: every participant seen in the run's rounds so far (comma-separated, sorted).
 PARTICIPANTS_TAG = "fedcloud.participants"
 # Run params the checkpoint needs to be rebuilt (fl.app.task.build_model's spec).
@@ -195,23 +206,51 @@ class MlflowRoundWriter:
             found = self.client.get_experiment_by_name(self.experiment)
             if found is None and create:
                 self._experiment_id = self.client.create_experiment(
-                    self.experiment, artifact_location=self.artifact_location)
+                    self.experiment, artifact_location=self.artifact_location,
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                self._retire_default_experiment()
             elif found is None:
                 raise self.error(
                     f"no runs recorded yet: experiment '{self.experiment}' does not exist in "
                     f"{self.tracking_uri}.", "train first (fedcloud up), or check --stack.")
             else:
                 self._experiment_id = str(found.experiment_id)
+                if create and found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                    # An experiment made before the tag existed: the UI opens it on traces.
+                    self.client.set_experiment_tag(self._experiment_id, EXPERIMENT_KIND_TAG,
+                                                   EXPERIMENT_KIND)
         assert self._experiment_id is not None
         return self._experiment_id
+
+    def _retire_default_experiment(self) -> None:
+        """Soft-delete the empty "Default" experiment of an embedded store (hidden in the UI).
+
+        MLflow's SQL store inserts experiment 0 "Default" whenever it opens a database without
+        one (``SqlAlchemyStore.__init__`` -> ``_create_default_experiment``), so it cannot be
+        avoided; a deleted one is kept and not re-inserted. Nothing here logs into it; a
+        tracking server's own Default experiment is never touched, nor one that holds runs.
+        """
+        from mlflow.entities import ViewType
+        from mlflow.exceptions import MlflowException
+
+        if self.embedded_db is None:
+            return
+        try:
+            default = self.client.get_experiment("0")
+        except MlflowException:
+            return
+        if default.lifecycle_stage != "active":
+            return
+        if not self.client.search_runs(["0"], run_view_type=ViewType.ALL, max_results=1):
+            self.client.delete_experiment("0")
 
     def start_run(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         """Open a run with its parameters and tags; return the MLflow run id.
 
         Args:
             run_name: A readable name (e.g. ``<stack>-<flower run id>``).
-            params: Run config, model spec (:data:`MODEL_SPEC_KEYS`) and aggregator choice;
-                values are stored as strings (JSON for non-strings).
+            params: Run config, model spec (:data:`MODEL_SPEC_KEYS`) and aggregator choice, each
+                once under one name; values are stored as strings (JSON for non-strings).
             tags: ``stack``, ``flower_run_id`` and any others.
         """
         from mlflow.entities import Param
@@ -314,8 +353,7 @@ class MlflowRoundWriter:
         :meth:`log_round` and by the import of a pulled store on the operator's side.
 
         Returns:
-            The commit marker written (``metrics``, ``checkpoint``, ``sha256``,
-            ``participants``).
+            What was committed (``metrics``, ``checkpoint``, ``sha256``, ``participants``).
 
         Raises:
             error: ``round.json`` is malformed, the checkpoint's digest differs from it, or the
@@ -339,8 +377,8 @@ class MlflowRoundWriter:
             tags = [RunTag(PARTICIPANTS_TAG, ",".join(sorted(seen)))]
             for start in range(0, len(batch), 1000):
                 self.client.log_batch(run_id, metrics=batch[start:start + 1000], tags=tags)
-            # The commit marker, last: readers ignore rounds without it.
-            self.client.set_tag(run_id, round_tag(n), json.dumps(marker))
+            # The commit marker, last: readers ignore rounds (and their metrics) without it.
+            self.client.set_tag(run_id, round_tag(n), digest)
         return marker
 
     def end_run(self, status: str) -> None:
@@ -372,11 +410,13 @@ def _round_metrics(n: int, metrics: Mapping[str, float], participants: list[str]
             if key in ("participant", "node_id") or isinstance(value, bool):
                 continue
             if isinstance(value, int | float):
-                batch.append(Metric(safe_key(f"client/{name}/{key}"), float(value), now, n))
+                key_name = safe_key(f"{CLIENT_METRIC_PREFIX}{name}/{key}")
+                batch.append(Metric(key_name, float(value), now, n))
     for key, value in extra.items():
         # Round-level figures (train time, nodes): metrics too, for the MLflow UI's charts.
         if isinstance(value, int | float) and not isinstance(value, bool):
-            batch.append(Metric(safe_key(f"round/{key}"), float(value), now, n))
+            batch.append(Metric(safe_key(f"{ROUND_METRIC_PREFIX}{key}"), float(value), now, n))
+    batch.append(Metric(f"{ROUND_METRIC_PREFIX}participants", float(len(participants)), now, n))
     return batch
 
 

@@ -58,6 +58,58 @@ def load_checkpoint(path: Path, sha256: str | None = None) -> dict[str, torch.Te
     return data
 
 
+def fetch_checkpoint(store: MlflowRoundStore, chosen: RoundInfo, directory: Path,
+                     ) -> tuple[Path, dict[str, torch.Tensor]]:
+    """Download a round's checkpoint into ``directory``; return its path and verified state.
+
+    Raises:
+        RegistryError: The store lacks the file, or it is corrupt.
+    """
+    with store.mlflow_errors(
+            f"fetching the checkpoint of round {chosen.server_round} of run {chosen.run_id}",
+            "the store lacks the file; pick another round or restore the artifacts."):
+        local = Path(store.client.download_artifacts(chosen.run_id, chosen.checkpoint,
+                                                     str(directory)))
+    return local, load_checkpoint(local, chosen.sha256)
+
+
+def model_spec(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the model spec recorded in a run's params (:data:`MODEL_SPEC_KEYS`)."""
+    return {k: params[k] for k in MODEL_SPEC_KEYS if k in params}
+
+
+def build_checkpoint_model(spec: Mapping[str, Any], state: Mapping[str, torch.Tensor], where: str,
+                           builder: Callable[[Mapping[str, Any]], torch.nn.Module] | None = None,
+                           ) -> torch.nn.Module:
+    """Build the model of ``spec`` (default ``fl.app.task.build_model``), load ``state``, eval().
+
+    Raises:
+        RegistryError: The spec names no model the app can build, or the weights do not fit
+            (``where`` names the checkpoint in the message).
+    """
+    build: Callable[[Mapping[str, Any]], torch.nn.Module]
+    if builder is None:
+        from fl.app.task import build_model
+
+        build = build_model
+    else:
+        build = builder
+    # Run params are stored as strings; the spec's numbers come back as ints.
+    spec = {k: int(v) if isinstance(v, str) and v.isdigit() else v for k, v in spec.items()}
+    try:
+        model = build(spec)
+    except AppError as exc:
+        raise RegistryError(f"model card of {where}: {exc.message}", exc.fix) from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise RegistryError(f"checkpoint {where} does not fit model {spec} ({first}).",
+                            "rebuild with the model_spec recorded in the card.") from None
+    model.eval()
+    return model
+
+
 def download_round(store: MlflowRoundStore, out: str | Path, server_round: int | None = None,
                    best: bool = False, run_id: str | None = None) -> tuple[Path, Path]:
     """Write a round's checkpoint (torch-loadable ``state_dict``) and its JSON card.
@@ -90,11 +142,7 @@ def download_round(store: MlflowRoundStore, out: str | Path, server_round: int |
     if target.is_dir():
         target = target / f"{store.model_name}-round-{chosen.server_round}.pt"
     with tempfile.TemporaryDirectory(prefix="fedcloud-download-") as tmp:
-        with store.mlflow_errors(
-                f"fetching the checkpoint of round {chosen.server_round} of run {info.run_id}",
-                "the store lacks the file; pick another round or restore the artifacts."):
-            local = Path(store.client.download_artifacts(info.run_id, chosen.checkpoint, tmp))
-        load_checkpoint(local, chosen.sha256)
+        local, _ = fetch_checkpoint(store, chosen, Path(tmp))
         data = local.read_bytes()
     card = _card(store, info, chosen, target.name, criteria, version)
     write_atomic_with(target, lambda p: p.write_bytes(data))
@@ -118,7 +166,7 @@ def _card(store: MlflowRoundStore, info: RunInfo, chosen: RoundInfo, checkpoint:
         "round": chosen.server_round,
         "metrics": dict(chosen.metrics),
         "participants": list(chosen.participants),
-        "model_spec": {k: info.params[k] for k in MODEL_SPEC_KEYS if k in info.params},
+        "model_spec": model_spec(info.params),
         "params": dict(info.params),
         "criteria": criteria,
         "model_version": version,
@@ -155,25 +203,4 @@ def load_model(checkpoint: str | Path,
     """
     path = Path(checkpoint)
     spec, digest = _read_card(path.with_suffix(".json"))
-    state = load_checkpoint(path, digest)
-    build: Callable[[Mapping[str, Any]], torch.nn.Module]
-    if builder is None:
-        from fl.app.task import build_model
-
-        build = build_model
-    else:
-        build = builder
-    # Run params are stored as strings; the spec's numbers come back as ints.
-    spec = {k: int(v) if isinstance(v, str) and v.isdigit() else v for k, v in spec.items()}
-    try:
-        model = build(spec)
-    except AppError as exc:
-        raise RegistryError(f"model card of {path}: {exc.message}", exc.fix) from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise RegistryError(f"checkpoint {path} does not fit model {spec} ({first}).",
-                            "rebuild with the model_spec recorded in the card.") from None
-    model.eval()
-    return model
+    return build_checkpoint_model(spec, load_checkpoint(path, digest), str(path), builder)

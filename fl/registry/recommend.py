@@ -1,19 +1,20 @@
 """Model Manager: the best round of a run for the user's criteria, registered in MLflow.
 
-The chosen round becomes a version of the registered model named after the experiment
-(``fedcloud-<stack>``), with the alias :data:`BEST_ALIAS` and the criteria, round, run and
-checkpoint digest as version tags. Asking again with the same criteria returns the same version.
+The chosen round is logged as an MLflow Model (``fl/registry/mlmodel.py``) and becomes a version
+of the registered model named after the experiment (``fedcloud-<stack>``), with the alias
+:data:`BEST_ALIAS` and the criteria, round, run, metrics and checkpoint digest as version tags
+(JSON values). Asking again with the same criteria returns the same version.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fedcloud.core.errors import RegistryError
-from fl.app.store import ROUNDS_ARTIFACT_DIR, round_key
 from fl.registry.criteria import Criteria, choose
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class Recommendation:
     model_name: str
     version: str
     candidates: int
+    model_uri: str = ""  # models:/<name>/<version>, what mlflow.pytorch.load_model takes
 
 
 def recommend_round(store: MlflowRoundStore, criteria: Criteria,
@@ -55,17 +57,25 @@ def recommend_round(store: MlflowRoundStore, criteria: Criteria,
     chosen = info.rounds[index]
     version = _register(store, info, chosen, criteria)
     return Recommendation(round=chosen, criteria=criteria, model_name=store.model_name,
-                          version=version, candidates=len(info.rounds))
+                          version=version, candidates=len(info.rounds),
+                          model_uri=f"models:/{store.model_name}/{version}")
+
+
+def json_value(value: float) -> str:
+    """Return a metric as a JSON number (``null`` when it is not finite)."""
+    return json.dumps(value if math.isfinite(value) else None)
 
 
 def _register(store: MlflowRoundStore, info: RunInfo, chosen: RoundInfo,
               criteria: Criteria) -> str:
     from mlflow.exceptions import MlflowException
 
-    criteria_json = json.dumps(criteria.to_dict(), sort_keys=True)
+    from fl.registry.mlmodel import log_round_model
+
+    criteria_json = json.dumps(criteria.to_dict(), sort_keys=True, allow_nan=False)
     tags = {"run_id": info.run_id, "round": str(chosen.server_round),
             "criteria": criteria_json, "sha256": chosen.sha256,
-            **{f"metric.{k}": repr(v) for k, v in chosen.metrics.items()}}
+            **{f"metric.{k}": json_value(v) for k, v in chosen.metrics.items()}}
     client = store.client
     with store.mlflow_errors("registering the best model", "retry fedcloud models best."):
         try:
@@ -75,16 +85,16 @@ def _register(store: MlflowRoundStore, info: RunInfo, chosen: RoundInfo,
                 store.model_name, description=f"Global models of {store.experiment}.")
         with contextlib.suppress(MlflowException):
             current = client.get_model_version_by_alias(store.model_name, BEST_ALIAS)
-            if all(current.tags.get(k) == v for k, v in tags.items()):
+            # Reused only if it is an MLflow Model (a LoggedModel, ``models:/m-...``); versions
+            # made before were plain artifact directories.
+            same = all(current.tags.get(k) == v for k, v in tags.items())
+            if same and str(current.source).startswith("models:/"):
                 return str(current.version)
-        run = client.get_run(info.run_id)
-        source = f"{run.info.artifact_uri}/{ROUNDS_ARTIFACT_DIR}/{round_key(chosen.server_round)}"
-        version = client.create_model_version(
-            store.model_name, source=source, run_id=info.run_id, tags=tags,
-            description=f"round {chosen.server_round}: {criteria.describe()}",
-            await_creation_for=0)
-        client.set_registered_model_alias(store.model_name, BEST_ALIAS, str(version.version))
-    return str(version.version)
+    version = log_round_model(store, info, chosen, tags,
+                              f"round {chosen.server_round}: {criteria.describe()}")
+    with store.mlflow_errors("registering the best model", "retry fedcloud models best."):
+        client.set_registered_model_alias(store.model_name, BEST_ALIAS, version)
+    return version
 
 
 def best_round(store: MlflowRoundStore) -> tuple[RunInfo, RoundInfo, dict[str, Any], str]:

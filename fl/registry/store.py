@@ -17,7 +17,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from fedcloud.core.errors import RegistryError
 from fl.app import store as app_store
 from fl.app.errors import AppError
-from fl.app.store import MLFLOW_QUIET_ENV, ROUND_TAG_PREFIX, MlflowRoundWriter, safe_key
+from fl.app.records import METRICS
+from fl.app.store import (
+    CHECKPOINT_FILE,
+    CLIENT_METRIC_PREFIX,
+    MLFLOW_QUIET_ENV,
+    ROUND_TAG_PREFIX,
+    ROUNDS_ARTIFACT_DIR,
+    MlflowRoundWriter,
+    round_key,
+    safe_key,
+)
 from fl.registry.download import CARD_FORMAT, download_round, load_checkpoint, load_model
 from fl.registry.plot import plot_rounds, plot_run
 from fl.registry.recommend import BEST_ALIAS, Recommendation, best_round, recommend_round
@@ -106,25 +116,38 @@ class RunInfo:
                             f"(recorded rounds: {have}).", "pick one of the recorded rounds.")
 
 
-def _rounds_of(run: Any) -> tuple[RoundInfo, ...]:
-    """Return the committed rounds of an MLflow run (from its commit marker tags)."""
-    rounds = []
-    for key, value in run.data.tags.items():
-        if not key.startswith(ROUND_TAG_PREFIX):
+def _latest_by_step(history: Any) -> dict[int, float]:
+    """Return a metric history as ``{step: value}``, the latest logged value per step."""
+    out: dict[int, float] = {}
+    for m in sorted(history, key=lambda m: (m.timestamp, m.step)):
+        out[int(m.step)] = float(m.value)
+    return out
+
+
+def _legacy_round(run_id: str, server_round: int, key: str, value: str) -> RoundInfo:
+    """Read a commit tag written before the format moved to metrics (a JSON marker)."""
+    try:
+        marker = json.loads(value)
+        return RoundInfo(
+            run_id=run_id, server_round=server_round,
+            metrics={k: float(v) for k, v in marker["metrics"].items()},
+            checkpoint=str(marker["checkpoint"]), sha256=str(marker["sha256"]),
+            participants=tuple(str(p) for p in marker.get("participants", ())))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise RegistryError(f"run {run_id}: the record of {key} is corrupt.",
+                            f"delete the tag {key} in the MLflow UI to drop that round.") from None
+
+
+def _client_keys(latest: Mapping[str, float]) -> dict[str, str]:
+    """Return one per-client metric key per participant (``num_examples`` when there is one)."""
+    out: dict[str, str] = {}
+    for key in sorted(latest):
+        if not key.startswith(CLIENT_METRIC_PREFIX) or "/" not in key[len(CLIENT_METRIC_PREFIX):]:
             continue
-        try:
-            marker = json.loads(value)
-            rounds.append(RoundInfo(
-                run_id=run.info.run_id, server_round=int(key[len(ROUND_TAG_PREFIX):]),
-                metrics={k: float(v) for k, v in marker["metrics"].items()},
-                checkpoint=str(marker["checkpoint"]), sha256=str(marker["sha256"]),
-                participants=tuple(str(p) for p in marker.get("participants", ())),
-            ))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise RegistryError(
-                f"run {run.info.run_id}: the record of {key} is corrupt.",
-                f"delete the tag {key} in the MLflow UI to drop that round.") from None
-    return tuple(sorted(rounds, key=lambda r: r.server_round))
+        name, _, figure = key[len(CLIENT_METRIC_PREFIX):].rpartition("/")
+        if name not in out or figure == "num_examples":
+            out[name] = key
+    return out
 
 
 class MlflowRoundStore(MlflowRoundWriter):
@@ -143,10 +166,13 @@ class MlflowRoundStore(MlflowRoundWriter):
 
     def runs(self) -> list[RunInfo]:
         """Return every run of the experiment, newest first, with its committed rounds."""
+        return [self._run_info(run) for run in self._search()]
+
+    def _search(self) -> list[Any]:
         from mlflow.entities import ViewType
 
         exp_id = self.experiment_id()
-        out: list[RunInfo] = []
+        out: list[Any] = []
         with self.mlflow_errors("listing runs", "check the store location."):
             token: str | None = None
             while True:
@@ -154,7 +180,7 @@ class MlflowRoundStore(MlflowRoundWriter):
                                                max_results=1000,
                                                order_by=["attributes.start_time DESC"],
                                                page_token=token)
-                out.extend(self._run_info(run) for run in page)
+                out.extend(page)
                 token = page.token
                 if not token:
                     break
@@ -166,17 +192,17 @@ class MlflowRoundStore(MlflowRoundWriter):
         Raises:
             RegistryError: No runs, or no run with that id (prefixes of 6+ characters match).
         """
-        runs = self.runs()
+        runs = self._search()
         if not runs:
             raise RegistryError(f"no runs recorded in experiment '{self.experiment}'.",
                                 "train first (fedcloud up), or check --stack.")
         if run_id is None:
-            return runs[0]
-        matches = [r for r in runs if r.run_id == run_id or
-                   (len(run_id) >= 6 and r.run_id.startswith(run_id)) or r.run_name == run_id]
+            return self._run_info(runs[0])
+        matches = [r for r in runs if r.info.run_id == run_id or r.info.run_name == run_id or
+                   (len(run_id) >= 6 and r.info.run_id.startswith(run_id))]
         if len(matches) == 1:
-            return matches[0]
-        known = ", ".join(f"{r.run_id[:8]} ({r.run_name})" for r in runs[:5])
+            return self._run_info(matches[0])
+        known = ", ".join(f"{r.info.run_id[:8]} ({r.info.run_name})" for r in runs[:5])
         if not matches:
             raise RegistryError(f"unknown run '{run_id}' in experiment '{self.experiment}'.",
                                 f"use one of: {known} (fedcloud models list shows them all).")
@@ -187,7 +213,39 @@ class MlflowRoundStore(MlflowRoundWriter):
         return RunInfo(run_id=run.info.run_id, run_name=run.info.run_name or "",
                        status=run.info.status, start_time=int(run.info.start_time or 0),
                        params=dict(run.data.params), tags=dict(run.data.tags),
-                       rounds=_rounds_of(run))
+                       rounds=self._rounds_of(run))
+
+    def _rounds_of(self, run: Any) -> tuple[RoundInfo, ...]:
+        """Return the committed rounds of an MLflow run, ordered by round.
+
+        A round is committed when its tag ``fedcloud.round.NNNN`` (the checkpoint's SHA-256)
+        exists; its metrics are the run's metric histories at ``step = round``, its participants
+        the clients with a ``client/<name>/...`` metric at that step.
+        """
+        run_id = run.info.run_id
+        committed = {int(k[len(ROUND_TAG_PREFIX):]): (k, v) for k, v in run.data.tags.items()
+                     if k.startswith(ROUND_TAG_PREFIX) and k[len(ROUND_TAG_PREFIX):].isdigit()}
+        if not committed:
+            return ()
+        current = {n: kv for n, kv in committed.items() if not kv[1].lstrip().startswith("{")}
+        with self.mlflow_errors(f"reading the metrics of run {run_id}", "check the store."):
+            history = {m: _latest_by_step(self.client.get_metric_history(run_id, m))
+                       for m in METRICS if current}
+            clients = _client_keys(run.data.metrics)
+            seen = {name: _latest_by_step(self.client.get_metric_history(run_id, key))
+                    for name, key in clients.items() if current}
+        rounds = []
+        for n, (key, value) in sorted(committed.items()):
+            if n not in current:
+                rounds.append(_legacy_round(run_id, n, key, value))
+                continue
+            rounds.append(RoundInfo(
+                run_id=run_id, server_round=n,
+                metrics={m: h[n] for m, h in history.items() if n in h},
+                checkpoint=f"{ROUNDS_ARTIFACT_DIR}/{round_key(n)}/{CHECKPOINT_FILE}",
+                sha256=value.strip(),
+                participants=tuple(name for name, steps in sorted(seen.items()) if n in steps)))
+        return tuple(rounds)
 
     def recommend(self, criteria: Criteria, run_id: str | None = None) -> Recommendation:
         """Choose the best round of a run and register it aliased ``best``.

@@ -36,7 +36,7 @@ from fl.registry.store import (
 STACK = "mm"
 EXPERIMENT = f"fedcloud-{STACK}"
 # The case study's CNN, small (fl/task.py: width 4 on 32 x 32 grayscale images).
-SPEC = {"model": "covid_cnn", "width": 4, "image_size": 32, "num_classes": 3}
+SPEC: dict[str, Any] = {"model": "covid_cnn", "width": 4, "image_size": 32, "num_classes": 3}
 
 # round: loss, accuracy, precision, recall, f1
 ROUNDS: dict[int, tuple[float, float, float, float, float]] = {
@@ -100,7 +100,11 @@ def test_every_round_is_recorded_with_params_tags_and_artifacts(recorded: dict[s
     assert [r.server_round for r in info.rounds] == sorted(ROUNDS)
     for r in info.rounds:
         assert dict(r.metrics) == dict(zip(NAMES, ROUNDS[r.server_round], strict=True))
-        assert r.participants == ("hospital-us", "hospital-asia", "hospital-eu")
+        assert r.participants == ("hospital-asia", "hospital-eu", "hospital-us")
+        # The commit marker is short and readable: the checkpoint's SHA-256, not a JSON blob.
+        assert info.tags[f"fedcloud.round.{r.server_round:04d}"] == r.sha256
+        assert re.fullmatch(r"[0-9a-f]{64}", r.sha256)
+        assert r.checkpoint == f"rounds/round-{r.server_round:04d}/model.pt"
     assert info.params["model"] == "covid_cnn"
     assert json.loads(info.params["aggregator"])["region"] == "us-east-1"
     assert info.tags["stack"] == STACK and info.tags["flower_run_id"] == "4242"
@@ -113,11 +117,35 @@ def test_every_round_is_recorded_with_params_tags_and_artifacts(recorded: dict[s
         (n, round(v[1] - 0.02, 6)) for n, v in ROUNDS.items()]
     train_s = store.client.get_metric_history(info.run_id, "round/max_client_train_s")
     assert sorted((m.step, m.value) for m in train_s) == [(n, 1.5 + n) for n in ROUNDS]
+    parts = store.client.get_metric_history(info.run_id, "round/participants")
+    assert sorted((m.step, m.value) for m in parts) == [(n, 3.0) for n in ROUNDS]
     detail = json.loads(Path(store.client.download_artifacts(
         info.run_id, "rounds/round-0002/round.json", str(recorded["root"]))).read_text())
     assert detail["confusion"] == [[3, 1, 0], [0, 4, 1], [1, 0, 5]]
     assert detail["per_client"][1]["num_examples"] == 11
     assert detail["extra"]["strategy"] == "fedavg"
+
+
+def test_the_store_is_a_machine_learning_experiment_without_a_default(
+        recorded: dict[str, Any]) -> None:
+    from mlflow.entities import ViewType
+
+    client = open_store(recorded["location"], EXPERIMENT).client
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    assert exp is not None and exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    # MLflow's SQL store inserts "Default" (id 0) on first use: retired, and never logged into.
+    assert client.get_experiment("0").lifecycle_stage == "deleted"
+    assert "Default" not in [e.name for e in client.search_experiments()]
+    assert client.search_runs(["0"], run_view_type=ViewType.ALL) == []
+
+
+def test_an_old_experiment_gets_the_kind_tag_when_written_again(tmp_path: Path) -> None:
+    store = open_store(fresh_store_dir(tmp_path / "old"), "fedcloud-old")
+    exp_id = store.client.create_experiment("fedcloud-old")  # as before the tag existed
+    assert "mlflow.experimentKind" not in store.client.get_experiment(exp_id).tags
+    assert store.experiment_id(create=True) == exp_id
+    assert store.client.get_experiment(exp_id).tags["mlflow.experimentKind"] == (
+        "custom_model_development")
 
 
 # Pure choice: a row per rule (maximise/minimise, bounds, ties, NaN, infeasible).
@@ -185,8 +213,18 @@ def test_recommend_registers_best(recorded: dict[str, Any], metric: str, mins: l
     assert rec.candidates == len(ROUNDS)
     version = store.client.get_model_version_by_alias(EXPERIMENT, BEST_ALIAS)
     assert str(version.version) == rec.version
+    assert rec.model_uri == f"models:/{EXPERIMENT}/{rec.version}"
     assert version.tags["round"] == str(expected)
     assert json.loads(version.tags["criteria"]) == criteria.to_dict()
+    # Every tag value is JSON (numbers as JSON numbers, never a Python repr).
+    assert {k: json.loads(version.tags[f"metric.{k}"]) for k in NAMES} == dict(
+        zip(NAMES, ROUNDS[expected], strict=True))
+    # The version is an MLflow Model logged by the round's run (a LoggedModel of it).
+    source = str(version.source)
+    assert version.run_id == rec.round.run_id and source.startswith("models:/m-")
+    logged = store.client.get_logged_model(source[len("models:/"):])
+    assert (logged.source_run_id, logged.experiment_id) == (
+        rec.round.run_id, store.experiment_id())
     assert store.recommend(criteria).version == rec.version  # same answer, no new version
 
 
@@ -224,7 +262,11 @@ def test_download_round_loads_with_same_predictions(recorded: dict[str, Any],
     assert not torch.equal(predictions(model), predictions(recorded["models"][3]))
 
 
-def test_download_best_carries_criteria(recorded: dict[str, Any], tmp_path: Path) -> None:
+def test_download_best_carries_criteria_and_mlflow_loads_the_same_model(
+        recorded: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow.pyfunc
+    import mlflow.pytorch
+
     store: MlflowRoundStore = recorded["store"]
     criteria = Criteria.parse("f1", ["accuracy=0.9"])
     store.recommend(criteria)
@@ -235,6 +277,15 @@ def test_download_best_carries_criteria(recorded: dict[str, Any], tmp_path: Path
     assert card["model_version"] is not None
     model = load_model(path)
     assert torch.equal(predictions(model), predictions(recorded["models"][3]))
+    # The embedded store serves the same round the MLflow way.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri)
+    flavor = mlflow.pytorch.load_model(f"models:/{EXPERIMENT}@best")  # exported: no eval()
+    torch.manual_seed(99)
+    x = torch.randn(8, 1, SPEC["image_size"], SPEC["image_size"])
+    with torch.no_grad():
+        assert torch.allclose(flavor(x), predictions(model), atol=1e-6)
+    served = mlflow.pyfunc.load_model(f"models:/{EXPERIMENT}@best").predict(x.numpy())
+    assert torch.allclose(torch.as_tensor(served), predictions(model), atol=1e-6)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -380,6 +431,7 @@ def test_cli_list_best_download_plot(recorded: dict[str, Any], tmp_path: Path,
     best = json.loads(capsys.readouterr().out)
     assert (best["round"], best["alias"], best["criteria"]["min"]) == (3, "best",
                                                                       {"accuracy": 0.9})
+    assert best["model_uri"] == f"models:/{EXPERIMENT}@best"
     assert main(["models", "download", *cfg, "--best", "--out", str(tmp_path / "b.pt")]) == 0
     assert json.loads((tmp_path / "b.json").read_text())["round"] == 3
     assert main(["models", "plot", *cfg, "--out", str(tmp_path / "p.png")]) == 0
