@@ -14,6 +14,10 @@ from typing import Any, Protocol
 # The five global metrics every round reports (macro precision/recall/F1 from summed
 # confusion matrices).
 METRICS: tuple[str, ...] = ("loss", "accuracy", "precision", "recall", "f1")
+# Keys of RoundRecord.extra (and of the round line) naming participants: whose train replies
+# were aggregated, and who was sent the round but gave no valid reply.
+CONTRIBUTORS = "contributors"
+MISSING = "missing_participants"
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,9 @@ class RoundRecord:
         per_client: One mapping per participant: ``participant``/``node_id``, ``num_examples``
             and the same metric names.
         confusion: The summed confusion matrix (rows = true class, columns = predicted).
+        extra: Round-level figures (training time, nodes, phase times) and the participants:
+            :data:`CONTRIBUTORS` (sorted names whose train replies were aggregated),
+            ``evaluated_by``, :data:`MISSING` (sent the round, no valid reply).
     """
 
     server_round: int
@@ -33,6 +40,11 @@ class RoundRecord:
     per_client: tuple[Mapping[str, Any], ...] = ()
     confusion: tuple[tuple[int, ...], ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def contributors(self) -> tuple[str, ...]:
+        """The participants whose train replies were aggregated into this round's model."""
+        return tuple(str(p) for p in self.extra.get(CONTRIBUTORS, ()))
 
 
 class RoundStore(Protocol):

@@ -1,17 +1,19 @@
 """The ServerApp's strategy: FedAvg with bounded waits and one :class:`RoundRecord` per round.
 
 :class:`BoundedFedAvg` waits at most ``node-wait-s`` for ``min-nodes`` nodes in each phase
-(Flower's own sampling waits forever), raises :class:`NodesLostError` when too few remain, and
-checkpoints every round to the :class:`fl.app.records.RoundStore`.
-See fl/README.md, "Bounds (nothing waits forever)" and "Per-round records".
+(Flower's own sampling waits forever), re-sends a phase to nodes that were lost and rejoined,
+raises :class:`NodesLostError` when too few remain, records who contributed, and checkpoints
+every round to the :class:`fl.app.records.RoundStore`. See fl/README.md, "Bounds (nothing
+waits forever)" and "Per-round records".
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from logging import INFO, WARNING
 from typing import Any
 
@@ -22,7 +24,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fl.app import task
-from fl.app.records import METRICS, RoundRecord, RoundStore
+from fl.app.records import CONTRIBUTORS, METRICS, MISSING, RoundRecord, RoundStore
 from fl.app.runconfig import ROUND_MARK, RunConfig
 
 NODE_POLL_S = 1.0
@@ -54,6 +56,13 @@ class BoundedFedAvg(FedAvg):
         self.phase_started = 0.0
         self.round_started = 0.0
         self.phase_s: dict[str, float] = {}
+        self.grid: Grid | None = None
+        self.phase_args: dict[str, tuple[ArrayRecord, ConfigRecord, str]] = {}
+        self.sent_at: dict[str, float] = {}
+        self.dropped_at: dict[int, float] = {}
+        self.names: dict[int, str] = {}
+        self.replied: dict[str, list[int]] = {}
+        self.missed: dict[str, list[int]] = {}
 
     # -- sampling ---------------------------------------------------------------------------
 
@@ -66,7 +75,9 @@ class BoundedFedAvg(FedAvg):
         need = self.cfg.min_nodes
         deadline = time.monotonic() + self.cfg.node_wait_s
         while True:
-            online = sorted(int(n) for n in grid.get_node_ids())
+            activated = online_nodes(grid)
+            self._readmit_rejoined(activated)
+            online = sorted(activated)
             usable = [n for n in online if n not in self.dropped]
             if len(usable) < need <= len(online):
                 usable = online  # re-admit nodes that missed a phase rather than stop
@@ -83,12 +94,24 @@ class BoundedFedAvg(FedAvg):
         size = min(len(usable), max(int(len(usable) * fraction), need))
         chosen = sorted(random.Random(self.cfg.seed * 1000 + server_round).sample(usable, size))
         self.sent[phase] = chosen
+        self.sent_at[phase] = time.time()
         self.phase_started = time.monotonic()
         if phase == "train":
             self.round_started = self.phase_started
         log(INFO, "%s round %s: sent to %d of %d connected nodes", phase, server_round,
             len(chosen), len(online))
         return chosen
+
+    def _readmit_rejoined(self, activated: Mapping[int, float | None]) -> None:
+        """Take back a dropped node that activated again after the phase it missed."""
+        for node in sorted(self.dropped):
+            since = self.dropped_at.get(node)
+            came = activated.get(node)
+            if since is not None and came is not None and came > since:
+                self.dropped.discard(node)
+                self.dropped_at.pop(node, None)
+                log(INFO, "node %s (%s) rejoined; sampling it again", node,
+                    self.names.get(node, "?"))
 
     def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                   node_ids: list[int], message_type: str) -> Iterable[Message]:
@@ -99,24 +122,69 @@ class BoundedFedAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Sample nodes (bounded wait) and build the train messages."""
+        self.grid = grid
         nodes = self.select_nodes(grid, "train", server_round)
+        self.phase_args["train"] = (arrays, config, MessageType.TRAIN)
         return self._messages(server_round, arrays, config, nodes, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         """Sample nodes (bounded wait) and build the evaluate messages."""
+        self.grid = grid
         nodes = self.select_nodes(grid, "evaluate", server_round)
+        self.phase_args["evaluate"] = (arrays, config, MessageType.EVALUATE)
         return self._messages(server_round, arrays, config, nodes, MessageType.EVALUATE)
 
+    def _top_up(self, phase: str, server_round: int, valid: list[Message],
+                missing: list[int]) -> list[Message]:
+        """Re-send the phase to lost nodes that rejoined (at most ``node-wait-s`` for them).
+
+        Only when fewer than ``min-nodes`` replies are valid; returns the new valid replies.
+        """
+        if self.grid is None or phase not in self.phase_args:
+            return []
+        sent_at = self.sent_at.get(phase, 0.0)
+        deadline = time.monotonic() + self.cfg.node_wait_s
+        back: list[int] = []
+        while True:
+            activated = online_nodes(self.grid)
+            back = [n for n in missing if (activated.get(n) or 0.0) > sent_at]
+            if len(valid) + len(back) >= self.cfg.min_nodes or len(back) == len(missing):
+                break
+            if time.monotonic() >= deadline:
+                break
+            log(INFO, "%s round %s: waiting for lost node(s) %s to rejoin (up to %.0f s)",
+                phase, server_round, [n for n in missing if n not in back],
+                deadline - time.monotonic())
+            time.sleep(NODE_POLL_S)
+        if not back:
+            return []
+        arrays, config, message_type = self.phase_args[phase]
+        log(INFO, "%s round %s: re-sending to rejoined node(s) %s", phase, server_round, back)
+        messages = self._messages(server_round, arrays, config, back, message_type)
+        replies = self.grid.send_and_receive(messages, timeout=self.cfg.phase_timeout_s)
+        return [m for m in replies if not m.has_error() and int(m.metadata.src_node_id) in back]
+
     def _account(self, phase: str, server_round: int, replies: list[Message]) -> list[Message]:
-        """Keep valid replies, mark silent nodes as dropped, enforce the minimum."""
+        """Keep valid replies, top up from rejoined nodes, mark silent ones, enforce the minimum."""
         valid = [m for m in replies if not m.has_error()]
         # Error replies of a dead node carry the SuperLink's id: count by whom we sent to.
         answered = {int(m.metadata.src_node_id) for m in valid}
         missing = [n for n in self.sent.get(phase, []) if n not in answered]
+        if missing and len(valid) < self.cfg.min_nodes:
+            valid += self._top_up(phase, server_round, valid, missing)
+            answered = {int(m.metadata.src_node_id) for m in valid}
+            missing = [n for n in missing if n not in answered]
+        for msg in valid:
+            client = msg.content.config_records.get("client")
+            if client is not None and client.get("participant"):
+                self.names[int(msg.metadata.src_node_id)] = str(client["participant"])
         for node in missing:
             self.dropped.add(node)
+            self.dropped_at[node] = self.sent_at.get(phase, 0.0)
         self.dropped -= answered
+        self.replied[phase] = sorted(answered)
+        self.missed[phase] = missing
         waited = time.monotonic() - self.phase_started
         self.phase_s[phase] = waited
         if missing:
@@ -127,6 +195,9 @@ class BoundedFedAvg(FedAvg):
                 f"round {server_round} {phase}: {len(valid)} valid repl(ies) within "
                 f"{self.cfg.phase_timeout_s:g} s; at least {self.cfg.min_nodes} needed")
         return valid
+
+    def _who(self, nodes: Iterable[int]) -> list[str]:
+        return sorted(self.names.get(n, f"node {n}") for n in nodes)
 
     # -- aggregation ------------------------------------------------------------------------
 
@@ -172,6 +243,11 @@ class BoundedFedAvg(FedAvg):
             "dropped_nodes": sorted(self.dropped),
             "train_phase_s": self.phase_s.get("train", 0.0),
             "evaluate_phase_s": self.phase_s.get("evaluate", 0.0),
+            # Who contributed: the participants whose train replies were aggregated.
+            CONTRIBUTORS: self._who(self.replied.get("train", [])),
+            "evaluated_by": self._who(self.replied.get("evaluate", [])),
+            MISSING: self._who(set(self.missed.get("train", []))
+                               | set(self.missed.get("evaluate", []))),
         }
         record = RoundRecord(
             server_round=server_round,
@@ -202,6 +278,30 @@ class BoundedFedAvg(FedAvg):
                 **record.extra}
         log(INFO, "%s %s", ROUND_MARK, json.dumps(line, sort_keys=True))
         return MetricRecord(dict(record.metrics))
+
+
+def online_nodes(grid: Grid) -> dict[int, float | None]:
+    """Node id -> epoch seconds of its last activation (``None`` if the grid does not say).
+
+    A node that died and came back holds a later activation than the phase it missed.
+    """
+    get_nodes = getattr(grid, "get_nodes", None)
+    if get_nodes is None:  # a grid that only lists ids: no rejoin is seen
+        return {int(n): None for n in grid.get_node_ids()}
+    out: dict[int, float | None] = {}
+    for info in get_nodes():
+        out[int(info.node_id)] = _epoch(str(getattr(info, "last_activated_at", "") or ""))
+    return out
+
+
+def _epoch(text: str) -> float | None:
+    try:
+        stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return stamp.timestamp()
 
 
 def _num(value: object) -> float:

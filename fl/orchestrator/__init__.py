@@ -6,8 +6,14 @@ The public API, for ``from fl.orchestrator import ...``; the modules hold the pa
 
 from fl.orchestrator.nodes import NodeLaunch, SuperLinkNodes
 from fl.orchestrator.orchestrator import Orchestrator
-from fl.orchestrator.results import DispatchResult, NodePlacement, ParticipantResult, VmAttempt
-from fl.orchestrator.watcher import Watcher, WatchEvent
+from fl.orchestrator.results import (
+    DispatchResult,
+    NodePlacement,
+    ParticipantResult,
+    VmAttempt,
+    WatchEvent,
+)
+from fl.orchestrator.watcher import Watcher
 
 __all__ = [
     "DispatchResult",

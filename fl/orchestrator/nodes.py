@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
+
 from fedcloud.core.errors import OrchestratorError
 from fl.orchestrator.supernode import MAX_WAIT_TIME_S
 
@@ -22,6 +24,17 @@ NODE_LIST_MAX_AGE_S = 1.0
 """The SuperLink's node list is fetched at most once per this interval for all participants."""
 CLOCK_SKEW_S = 5.0
 """Tolerance between this machine's and the SuperLink's clocks when reading ``online-at``."""
+
+ACTIVATION_HOLD_S = float(HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL) + 3.0
+"""Seconds after a SuperNode's death during which the SuperLink may refuse its key (63 s): the
+dead session stays ONLINE until its last heartbeat + HEARTBEAT_PATIENCE x
+HEARTBEAT_DEFAULT_INTERVAL (2 x 30 s in flwr 1.41), plus 3 s of margin; ``ActivateNode`` only
+activates a REGISTERED or OFFLINE node (HTTP 412, ApiError 2004, otherwise)."""
+NODE_START_S = 30.0
+"""Allowance for a SuperNode process to start and activate once the SuperLink accepts it."""
+SUPERVISED_REJOIN_S = ACTIVATION_HOLD_S + NODE_START_S
+"""A SuperNode that died is online again through its supervisor within this many seconds
+(93 s): a restart after the restart delay, refused, then one after ACTIVATION_HOLD_S."""
 
 ONLINE, STALE, OFFLINE = "online", "stale", "offline"
 

@@ -19,7 +19,14 @@ from fedcloud.core.errors import OrchestratorError
 from fedcloud.core.participants import Participant, VmSpec
 from fedcloud.core.stack import OrchestratorSettings
 from fl.orchestrator.eligibility import ineligible_reason, needs_probe
-from fl.orchestrator.nodes import ONLINE, STALE, NodeDirectory, NodeLaunch
+from fl.orchestrator.nodes import (
+    ACTIVATION_HOLD_S,
+    ONLINE,
+    STALE,
+    SUPERVISED_REJOIN_S,
+    NodeDirectory,
+    NodeLaunch,
+)
 from fl.orchestrator.probe import ProbeResult, probe_all
 from fl.orchestrator.results import (
     DispatchResult,
@@ -27,6 +34,7 @@ from fl.orchestrator.results import (
     ParticipantResult,
     StartFailed,
     VmAttempt,
+    WatchEvent,
 )
 from fl.orchestrator.rotation import QueueStore, rotation
 from fl.orchestrator.scripts import (
@@ -47,19 +55,26 @@ from fl.orchestrator.scripts import (
     stop_command,
 )
 from fl.orchestrator.ssh import Session, SshError, Transport
-from fl.orchestrator.watcher import OFFLINE_GRACE_S, WATCH_INTERVAL_S, Watcher, WatchEvent
+from fl.orchestrator.watcher import OFFLINE_GRACE_S, WATCH_INTERVAL_S, Watcher
 
 log = logging.getLogger(__name__)
 
-RESTART_DELAY_S = 15.0
-"""The supervisor waits this long before restarting a dead SuperNode (a node restarted right
-after a crash is rejected by the SuperLink for about 50 s, so it must retry with a delay)."""
+RESTART_DELAY_S = 5.0
+"""The supervisor waits this long before restarting a dead SuperNode."""
+
 ONLINE_POLL_S = 1.0
 """Interval between checks of the node list (and of the supervisor) while waiting online."""
 BACKOFF_CAP_S = 30.0
 """Upper bound on one back-off pause between attempts."""
-REJOIN_TIMEOUT_S = 150.0
-"""Online timeout for a re-dispatch: the SuperLink may reject the moved key for about 50 s."""
+REJOIN_TIMEOUT_S = SUPERVISED_REJOIN_S + 15.0
+"""Online timeout for a re-dispatch (108 s): the SuperLink may refuse the moved key for up to
+ACTIVATION_HOLD_S, which the new supervisor waits out (``held``)."""
+LOST_NODE_BOUND_S = SUPERVISED_REJOIN_S + WATCH_INTERVAL_S + REJOIN_TIMEOUT_S
+"""The stated bound (211 s): a participant whose SuperNode died is online again within this
+many seconds of the death, by its supervisor's restart (within SUPERVISED_REJOIN_S, 93 s) or
+else by the watcher's re-dispatch to its next eligible VM (decided at the first check after
+SUPERVISED_REJOIN_S, online within REJOIN_TIMEOUT_S when that VM's first attempt succeeds; SSH
+timeouts of a hung lost VM come on top)."""
 REJOIN_TOLERATED_EXITS = 8
 """Exits of the SuperNode tolerated during a re-dispatch (rejected while the old session ages)."""
 STALE_SESSION_WAIT_S = 90.0
@@ -111,6 +126,7 @@ class Orchestrator:
         self.superlink_flwr = superlink_flwr or importlib.metadata.version("flwr")
         self.sleep = sleep
         self.restart_delay_s = restart_delay_s
+        self.last_dispatch: DispatchResult | None = None
 
     # -- probing and filtering --
 
@@ -167,6 +183,8 @@ class Orchestrator:
                 except Exception as exc:  # one participant's bug must not sink the others
                     log.exception("dispatch of %s failed unexpectedly", name)
                     result[name] = ParticipantResult(name, None, error=f"internal error: {exc}")
+        if names is None:
+            self.last_dispatch = result
         return result
 
     def dispatch_one(self, name: str, probes: Mapping[str, ProbeResult],
@@ -262,7 +280,8 @@ class Orchestrator:
         self._upload(session, directory, name, launch_script(
             directory, self.launches[name], name, int(port), vm.venv))
         started_at = time.time()
-        res = session.run(start_command(directory, self.restart_delay_s))
+        res = session.run(start_command(directory, self.restart_delay_s, ACTIVATION_HOLD_S,
+                                        held=rejoin))
         pid = parse_fields(res.stdout).get("pid", "")
         if not res.ok or not pid.isdigit():
             raise StartFailed("start", f"cannot start the supervisor: {res.tail()}")
@@ -353,8 +372,18 @@ class Orchestrator:
         return self.dispatch_one(placement.participant, probes, exclude=[placement.vm.id],
                                  rejoin=True)
 
+    def record_event(self, event: WatchEvent) -> None:
+        """Keep a watcher event in the result of the dispatch that placed that participant."""
+        if self.last_dispatch is not None and event.participant in self.last_dispatch:
+            self.last_dispatch.events.append(event)
+
     def watcher(self, placements: Mapping[str, NodePlacement], interval_s: float = WATCH_INTERVAL_S,
                 offline_grace_s: float = OFFLINE_GRACE_S,
-                on_event: Callable[[WatchEvent], None] | None = None) -> Watcher:
-        """Return a :class:`Watcher` over ``placements`` (start it with ``with`` or ``start``)."""
-        return Watcher(self, placements, interval_s, offline_grace_s, on_event)
+                on_event: Callable[[WatchEvent], None] | None = None,
+                rejoin_grace_s: float = SUPERVISED_REJOIN_S) -> Watcher:
+        """Return a :class:`Watcher` over ``placements`` (start it with ``with`` or ``start``).
+
+        Its events go to ``on_event`` and to the ``events`` of the last full dispatch's result.
+        A dict of placements is updated in place as nodes move.
+        """
+        return Watcher(self, placements, interval_s, offline_grace_s, on_event, rejoin_grace_s)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from fedcloud.core.errors import OrchestratorError
 from fedcloud.core.participants import VmSpec
@@ -94,8 +95,42 @@ class ParticipantResult:
         return f"{self.participant}: FAILED ({self.error}){'; tried ' + tried if tried else ''}"
 
 
+@dataclass(frozen=True)
+class WatchEvent:
+    """What the watcher saw of one participant during training.
+
+    Attributes:
+        participant: Its name.
+        lost_vm: The VM it ran on when this happened.
+        reason: Why, in words.
+        result: Where a re-dispatch went (``kind == "redispatched"`` only).
+        kind: ``lost`` (its SuperNode died), ``rejoined`` (online again through its
+            supervisor) or ``redispatched`` (moved to another VM; ``result`` says where).
+        at: Epoch seconds of the observation.
+    """
+
+    participant: str
+    lost_vm: str
+    reason: str
+    result: ParticipantResult | None
+    kind: str = "redispatched"
+    at: float = 0.0
+
+
 class DispatchResult(dict[str, ParticipantResult]):
-    """Per-participant results of one dispatch (Fabric's ``GroupResult`` model)."""
+    """Per-participant results of one dispatch (Fabric's ``GroupResult`` model).
+
+    ``events`` holds what the watcher saw of these participants during training
+    (:class:`WatchEvent`, in order), so the outputs can tell a participant that was lost.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.events: list[WatchEvent] = []
+
+    def events_of(self, participant: str) -> list[WatchEvent]:
+        """The watcher's events for one participant."""
+        return [e for e in self.events if e.participant == participant]
 
     @property
     def succeeded(self) -> dict[str, ParticipantResult]:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedcloud.core.errors import OrchestratorError
-from fedcloud.core.files import write_json_atomic
+from fedcloud.core.errors import FedcloudError, OrchestratorError
+from fedcloud.core.files import KIB_BYTES, read_bounded, short, write_json_atomic
 
 QUEUE_DIR = "orchestrator"
 """Directory of the queue files under the stack's state directory."""
+QUEUE_MAX_BYTES = 64 * KIB_BYTES
+"""A queue file names a few VMs: a few hundred bytes."""
 
 
 def rotation(inventory: Sequence[str], eligible: Sequence[str], last: str | None) -> list[str]:
@@ -32,6 +35,35 @@ def rotation(inventory: Sequence[str], eligible: Sequence[str], last: str | None
     pos = inventory.index(last)
     after = [vm for vm in members if inventory.index(vm) > pos]
     return after + [vm for vm in members if inventory.index(vm) <= pos]
+
+
+def read_queue(path: Path) -> str | None:
+    """Return the VM named last in the queue file ``path`` (``None``: no file, or no task yet).
+
+    Raises:
+        OrchestratorError: The file is not a bounded regular file, not UTF-8 JSON, or not a
+            queue file (an object whose ``last`` is a VM id or null); names the file.
+    """
+    fix = f"delete or move {path} aside; the circle restarts at the first eligible VM."
+    if not os.path.lexists(path):
+        return None
+    try:
+        data = read_bounded(path, QUEUE_MAX_BYTES, "a round-robin queue file",
+                            error=OrchestratorError, fix=fix)
+        doc = json.loads(data.decode("utf-8"))
+    except FedcloudError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise OrchestratorError(f"{path}: byte {exc.start} is not UTF-8 (a round-robin queue "
+                                "file expected).", fix) from None
+    except (ValueError, RecursionError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deep"
+        raise OrchestratorError(f"{path}: unreadable round-robin queue ({short(reason, 80)}).",
+                                fix) from None
+    last = doc.get("last") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or not isinstance(last, str | None):
+        raise OrchestratorError(f"{path}: not a round-robin queue file.", fix)
+    return last
 
 
 class QueueStore:
@@ -54,19 +86,7 @@ class QueueStore:
         Raises:
             OrchestratorError: The file exists but is not a queue file.
         """
-        path = self.path(participant)
-        fix = f"delete {path}; the circle restarts at the first eligible VM."
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise OrchestratorError(f"{path}: unreadable round-robin queue ({exc}).",
-                                    fix) from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("last"), str | None):
-            raise OrchestratorError(f"{path}: not a round-robin queue file.", fix)
-        last = doc.get("last")
-        return last if isinstance(last, str) else None
+        return read_queue(self.path(participant))
 
     def record(self, participant: str, circle: Sequence[str], last: str) -> None:
         """Persist the circle and the VM used last (atomically: a crash keeps the old file)."""

@@ -7,6 +7,7 @@ All POSIX ``sh``, for ``<workDir>/fedcloud-<participant>/`` on the VM: the super
 
 from __future__ import annotations
 
+import math
 import posixpath
 import shlex
 from dataclasses import dataclass
@@ -34,23 +35,51 @@ STOP_FILE = "stop"
 LOG_FILE = "supernode.log"
 FLWR_HOME = "flwr-home"
 
-SUPERVISOR_SCRIPT = f"""#!/bin/sh
-# fedcloud SuperNode supervisor (fl/orchestrator/scripts.py). Usage: {SUPERVISOR_FILE} DELAY_S
+FAST_EXIT_S = 30
+"""A SuperNode that exits sooner than this after its start never joined (a refused start)."""
+
+
+
+def supervisor_script(fast_exit_s: int = FAST_EXIT_S) -> str:
+    """Return ``supervise.sh``: restart the SuperNode until the stop file exists.
+
+    After the death of a node that had run ``fast_exit_s`` or longer, the SuperLink may hold its
+    session, and refuse its key, until HOLD_S after the death: a start refused (a run shorter
+    than ``fast_exit_s``) in that time is retried only once the hold is over.
+    """
+    return f"""#!/bin/sh
+# fedcloud SuperNode supervisor (fl/orchestrator/scripts.py).
+# Usage: {SUPERVISOR_FILE} DELAY_S [HOLD_S [held]]   (held: the key may still be held now)
 cd "$(dirname "$0")" || exit 1
 delay="$1"
+hold="${{2:-0}}"
 echo $$ > {SUPERVISOR_PID}
 n=0
+held_until=0
+if [ "${{3:-}}" = held ]; then held_until=$(($(date +%s) + hold)); fi
 while [ ! -e {STOP_FILE} ]; do
   n=$((n + 1))
+  began=$(date +%s)
   sh ./{LAUNCH_FILE} >> {LOG_FILE} 2>&1 &
   echo $! > {SUPERNODE_PID}
   wait $!
   code=$?
-  echo "$n $code $(date +%s)" >> {EXITS_FILE}
+  now=$(date +%s)
+  echo "$n $code $now" >> {EXITS_FILE}
   [ -e {STOP_FILE} ] && break
-  sleep "$delay"
+  if [ $((now - began)) -ge {fast_exit_s} ]; then held_until=$((now + hold)); fi
+  pause=$((held_until - now))
+  if [ "$pause" -gt 0 ] && [ $((now - began)) -lt {fast_exit_s} ]; then
+    echo "$now: start refused; the SuperLink holds the node for ${{pause}} s" >> {LOG_FILE}
+    sleep "$pause"
+  else
+    sleep "$delay"
+  fi
 done
 """
+
+
+SUPERVISOR_SCRIPT = supervisor_script()
 
 # A PID names a live process (a zombie is dead: it only waits to be reaped).
 _ALIVE_FN = ('alive() { [ -n "$1" ] && [ -e "/proc/$1" ] && '
@@ -135,23 +164,35 @@ def launch_script(directory: str, launch: NodeLaunch, participant: str, runtime_
             + supernode_shell_command(argv, env) + "\n")
 
 
-def start_command(directory: str, delay_s: float) -> str:
-    """Start the supervisor in its own session; prints ``pid=<its PID>``."""
+def start_command(directory: str, delay_s: float, hold_s: float = 0.0,
+                  held: bool = False) -> str:
+    """Start the supervisor in its own session; prints ``pid=<its PID>``.
+
+    Args:
+        directory: The participant's directory on the VM (absolute).
+        delay_s: Pause before a restart.
+        hold_s: How long after a node's death the SuperLink may refuse its key (a refused
+            restart waits until then).
+        held: The key may be held right now (a re-dispatch of a lost node): a refused first
+            start also waits until ``hold_s`` after the supervisor's start.
+    """
     # A simple command in the background: $! is setsid's PID, which execs the supervisor.
     return quiet(f"cd {shlex.quote(directory)} || exit 3\n"
-                 f"setsid sh ./{SUPERVISOR_FILE} {delay_s:g} </dev/null >/dev/null 2>&1 &\n"
+                 f"setsid sh ./{SUPERVISOR_FILE} {delay_s:g} {math.ceil(hold_s)}"
+                 f"{' held' if held else ''} </dev/null >/dev/null 2>&1 &\n"
                  'echo "pid=$!"\n')
 
 
 def status_command(directory: str) -> str:
-    """Print ``alive=0|1``, ``exits=<SuperNode exits so far>`` and ``last=<last exit code>``."""
+    """Print ``alive=0|1``, ``exits=<count>``, ``last=<last exit code>``, ``last_at=<epoch>``."""
     return (f"cd {shlex.quote(directory)} 2>/dev/null || {{ echo alive=0; exit 0; }}\n"
             + _ALIVE_FN
             + f"pg=$(cat {SUPERVISOR_PID} 2>/dev/null)\n"
             'if alive "$pg"; then echo alive=1; else echo alive=0; fi\n'
             f'if [ -e {EXITS_FILE} ]; then echo "exits=$(wc -l < {EXITS_FILE})"; '
             "else echo exits=0; fi\n"
-            f"echo \"last=$(tail -n 1 {EXITS_FILE} 2>/dev/null | cut -d' ' -f2)\"\n")
+            f"echo \"last=$(tail -n 1 {EXITS_FILE} 2>/dev/null | cut -d' ' -f2)\"\n"
+            f"echo \"last_at=$(tail -n 1 {EXITS_FILE} 2>/dev/null | cut -d' ' -f3)\"\n")
 
 
 def stop_command(directory: str) -> str:
@@ -181,6 +222,7 @@ class NodeStatus:
     supervisor_alive: bool
     exits: int
     last_exit: int | None
+    last_exit_at: float | None = None
 
 
 def read_status(session: Session, directory: str) -> NodeStatus:
@@ -188,6 +230,8 @@ def read_status(session: Session, directory: str) -> NodeStatus:
     fields = parse_fields(session.run(status_command(directory)).stdout)
     last = fields.get("last", "")
     exits = fields.get("exits", "")
+    at = fields.get("last_at", "")
     return NodeStatus(supervisor_alive=fields.get("alive") == "1",
                       exits=int(exits) if exits.isdigit() else 0,
-                      last_exit=int(last) if last.lstrip("-").isdigit() else None)
+                      last_exit=int(last) if last.lstrip("-").isdigit() else None,
+                      last_exit_at=float(at) if at.isdigit() else None)

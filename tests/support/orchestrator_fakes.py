@@ -44,6 +44,7 @@ class FakeVmState:
     commands: list[str] = field(default_factory=list)
     uploads: dict[str, tuple[bytes, int]] = field(default_factory=dict)
     connects: int = 0
+    exit_at: dict[str, int] = field(default_factory=dict)  # participant -> last exit (epoch)
 
 
 class FakeSession:
@@ -96,7 +97,9 @@ class FakeSession:
             if name not in st.running:
                 return CommandResult(0, "alive=0\nexits=0\nlast=\n", "")
             exits = st.running[name]
-            return CommandResult(0, f"alive=1\nexits={exits}\nlast={st.script.exit_code}\n", "")
+            at = st.exit_at.get(name, "")
+            return CommandResult(0, f"alive=1\nexits={exits}\nlast={st.script.exit_code}\n"
+                                 f"last_at={at}\n", "")
         if "touch stop" in command:
             st.running.pop(name, None)
             return CommandResult(0, "", "")
@@ -135,18 +138,32 @@ class ScriptedTransport:
     def running_on(self, participant: str) -> list[str]:
         return [key for key, st in self.vms.items() if participant in st.running]
 
+    def kill_supernode(self, participant: str) -> int:
+        """``kill -9`` of the participant's SuperNode (its supervisor lives on); the exit time."""
+        now = int(time.time())
+        for st in self.vms.values():
+            if participant in st.running:
+                st.running[participant] += 1
+                st.exit_at[participant] = now
+        return now
+
 
 class FakeNodes:
     """The SuperLink's node list, derived from where SuperNodes run in the double."""
 
     def __init__(self, transport: ScriptedTransport) -> None:
         self.transport = transport
+        # (participant, "host:port") -> when its session there came online (absent: fresh).
+        self.online_at: dict[tuple[str, str], float] = {}
 
     def node_state(self, participant: str, since: float | None = None) -> str:
-        for st in self.transport.vms.values():
+        for key, st in self.transport.vms.items():
             if participant not in st.running:
                 continue
             if st.script.start == "online":
+                came = self.online_at.get((participant, key))
+                if came is not None and since is not None and came < since - 5.0:
+                    return STALE  # an old session (a killed node's) still holds the id
                 return ONLINE
             if st.script.start == "stale":
                 # An old session holds the id for one poll, then the restarted node gets it.
