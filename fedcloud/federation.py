@@ -175,8 +175,8 @@ def best_model(cfg: StackConfig, trained: TrainingResult, store: str | None,
         model, card = registry.download(cfg.state_dir / "models" / "best-model.pt", best=True,
                                         run_id=trained.store_run_id)
         out.update(round=rec.round.server_round, metrics=dict(rec.round.metrics),
-                   modelName=rec.model_name, version=rec.version, file=str(model),
-                   card=str(card))
+                   modelName=rec.model_name, version=rec.version, modelUri=rec.model_uri,
+                   file=str(model), card=str(card))
         return out
     try:
         index = choose([r["metrics"] for r in rounds], rule,
@@ -198,40 +198,129 @@ def aggregator_output(*, cloud: Any, region: Any, instance_type: Any, public_ip:
             "sshUser": ssh_user, "sshHostKeyFingerprint": ssh_host_key_fingerprint}
 
 
-def participants_output(result: DispatchResult) -> dict[str, Any]:
-    """``DispatchResult`` -> ``{name: {vm, attempts, status, error, tried, ineligible}}``."""
-    return {
-        name: {
+def participants_output(result: DispatchResult, training: TrainingResult | None = None,
+                        ) -> dict[str, Any]:
+    """``DispatchResult`` -> ``{name: {vm, attempts, status, error, tried, ineligible, ...}}``.
+
+    Added for a participant lost during training: ``events`` (the watcher's lost / rejoined /
+    redispatched, with VM and reason), ``vmNow``; with ``training``, ``contributedRounds`` and
+    ``lostInRounds``; its ``status`` then reads e.g. ``dispatched, lost in round 2, rejoined in
+    round 3``.
+    """
+    missed = _missed_rounds(training)
+    contributed = _contributed_rounds(training)
+    out: dict[str, Any] = {}
+    for name, r in sorted(result.items()):
+        events = result.events_of(name)
+        moved = [e.result.vm_id for e in events
+                 if e.kind == "redispatched" and e.result is not None and e.result.ok]
+        entry: dict[str, Any] = {
             "vm": r.vm_id,
             "attempts": len(r.attempts),
-            "status": "dispatched" if r.ok else "failed",
+            "status": _participant_status(r.ok, events, missed.get(name, []),
+                                          contributed.get(name, [])),
             "error": r.error,
             "tried": [{"vm": a.vm_id, "ok": a.ok, "stage": a.stage, "reason": a.reason}
                       for a in r.attempts],
             "ineligible": dict(sorted(r.ineligible.items())),
+            "vmNow": moved[-1] if moved else r.vm_id,
+            "events": [{"kind": e.kind, "vm": e.lost_vm, "reason": e.reason, "at": e.at,
+                        "movedTo": e.result.vm_id if e.result is not None else None}
+                       for e in events],
         }
-        for name, r in sorted(result.items())
-    }
+        if training is not None:
+            entry["contributedRounds"] = contributed.get(name, [])
+            entry["lostInRounds"] = missed.get(name, [])
+        out[name] = entry
+    return out
+
+
+def _participant_status(ok: bool, events: Sequence[Any], missed: list[int],
+                        contributed: list[int]) -> str:
+    if not ok:
+        return "failed"
+    parts = ["dispatched"]
+    if missed:
+        parts.append(f"lost in round {_span(missed)}")
+        later = [n for n in contributed if n > missed[0]]
+        parts.append(f"rejoined in round {later[0]}" if later else "did not rejoin")
+    elif any(e.kind == "lost" for e in events):
+        parts.append("lost and rejoined within its round")
+    if any(e.kind == "redispatched" for e in events):
+        parts.append("re-dispatched")
+    return ", ".join(parts)
+
+
+def _contributed_rounds(tr: TrainingResult | None) -> dict[str, list[int]]:
+    """Participant -> the rounds whose aggregate holds its train reply (from the round lines)."""
+    out: dict[str, list[int]] = {}
+    for rnd in (tr.rounds if tr is not None else []):
+        for name in rnd.get("contributors") or []:
+            out.setdefault(str(name), []).append(int(rnd["round"]))
+    return out
+
+
+def _missed_rounds(tr: TrainingResult | None) -> dict[str, list[int]]:
+    """Participant -> the completed rounds it did not contribute to (only rounds that say)."""
+    if tr is None:
+        return {}
+    everyone = set(tr.node_ids) | set(_contributed_rounds(tr))
+    out: dict[str, list[int]] = {}
+    for rnd in tr.rounds:
+        if "contributors" not in rnd:
+            continue
+        present = {str(n) for n in rnd["contributors"] or []}
+        for name in sorted(everyone - present):
+            out.setdefault(name, []).append(int(rnd["round"]))
+    return out
+
+
+def _span(rounds: Sequence[int]) -> str:
+    """``[2, 3, 5]`` -> ``"2-3, 5"``."""
+    runs: list[list[int]] = []
+    for n in sorted(rounds):
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
 def training_output(tr: TrainingResult | None, best: Mapping[str, Any] | None = None,
                     ) -> dict[str, Any]:
-    """``TrainingResult`` -> ``{runId, status, detail, rounds, bestModel, ...}`` (JSON)."""
+    """``TrainingResult`` -> ``{runId, status, detail, rounds, bestModel, ...}`` (JSON).
+
+    Added: ``contributors`` (round -> the participants whose train replies were aggregated),
+    ``droppedParticipants``, ``missedRounds`` (participant -> rounds without it) and
+    ``degraded`` (a run that continued without a participant in some round; the status stays
+    Flower's, the detail says who missed which rounds).
+    """
     if tr is None:
         return {"runId": None, "status": "NOT_STARTED", "detail": "no participant dispatched",
                 "flowerStatus": None, "rounds": 0, "bestModel": None, "elapsedS": None,
-                "networkBytes": None, "storeRunId": None}
-    return {"runId": str(tr.run_id), "status": tr.status, "detail": tr.detail,
+                "networkBytes": None, "storeRunId": None, "contributors": {},
+                "droppedParticipants": [], "missedRounds": {}, "degraded": False}
+    missed = _missed_rounds(tr)
+    detail = tr.detail
+    if missed:
+        detail += "; degraded: " + "; ".join(
+            f"{name} missed round{'s' if len(r) > 1 else ''} {_span(r)}"
+            for name, r in sorted(missed.items()))
+    return {"runId": str(tr.run_id), "status": tr.status, "detail": detail,
             "flowerStatus": tr.flower_status, "rounds": len(tr.rounds),
             "bestModel": dict(best) if best else None, "elapsedS": tr.elapsed_s,
-            "networkBytes": tr.network_bytes, "storeRunId": tr.store_run_id}
+            "networkBytes": tr.network_bytes, "storeRunId": tr.store_run_id,
+            "contributors": {str(r["round"]): list(r["contributors"]) for r in tr.rounds
+                             if "contributors" in r},
+            "droppedParticipants": sorted(missed), "missedRounds": missed,
+            "degraded": bool(missed)}
 
 
 def outputs(aggregator: Mapping[str, Any], planned: Mapping[str, Any],
             fed: FederationResult) -> dict[str, Any]:
     """The four stack outputs: ``aggregator``, ``plan``, ``participants``, ``training``."""
     return {"aggregator": dict(aggregator), "plan": dict(planned),
-            "participants": participants_output(fed.dispatch),
+            "participants": participants_output(fed.dispatch, fed.training),
             "training": training_output(fed.training, fed.best)}
 
 
@@ -282,7 +371,7 @@ def run_dispatch(props: Mapping[str, Any]) -> dict[str, Any]:
     raise_on_failure(cfg, fed, "the participants' dispatch results and the SuperLink's "
                      "journal (journalctl -u fedcloud-superlink on the VM); 'pulumi up' runs "
                      "it again")
-    return {"participants": participants_output(fed.dispatch),
+    return {"participants": participants_output(fed.dispatch, fed.training),
             "training": training_output(fed.training, fed.best)}
 
 

@@ -16,6 +16,7 @@ import base64
 import json
 import logging
 import runpy
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-import yaml
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 
 from fedcloud.core.config import PROJECT, ROOT, stack_file
 from fedcloud.core.errors import ConfigError
-from fedcloud.core.files import write_atomic
+from fedcloud.core.files import load_yaml, write_atomic
 from infra.providers import IssueFn
 
 PROGRAM = ROOT / "__main__.py"
@@ -240,7 +240,7 @@ def stack_config(name: str) -> dict[str, str]:
     if not path.exists():
         raise ConfigError(f"stack '{name}' not found ({path}).",
                           "use a stack from stacks/ (ls stacks/).")
-    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    doc = load_yaml(path) or {}
     out: dict[str, str] = {}
     for key, value in (doc.get("config") or {}).items():
         if isinstance(value, dict) and set(value) == {"secure"}:
@@ -317,9 +317,47 @@ def run_program(stack: str, config: Mapping[str, str], secret_keys: Sequence[str
                    secret_outputs=secrets, warnings=handler.messages)
 
 
+# A well-formed OpenSSH public key that nobody holds the private half of (never deployed).
+PLACEHOLDER_SSH_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPLACEHOLDERxKEYxFORxPREVIEWxONLYxx "
+                       "fedcloud-preview-placeholder")
+
+
+def with_placeholder_key(config: Mapping[str, str], key_dir: Path) -> tuple[dict[str, str], str]:
+    """Point ``aggregator.sshPublicKeyPath`` at a placeholder key when the stack's key is missing.
+
+    A preview never connects to anything, so it need not have the operator's key on disk.
+
+    Returns:
+        The config map to run with, and a notice ("" when the stack's own key was used).
+    """
+    out = dict(config)
+    aggregator = json.loads(out.get("fedcloud:aggregator") or "{}")
+    given = aggregator.get("sshPublicKeyPath") if isinstance(aggregator, dict) else None
+    if not isinstance(given, str) or not given:
+        return out, ""
+    path = Path(given).expanduser()
+    path = path if path.is_absolute() else ROOT / path
+    if path.is_file():
+        return out, ""
+    placeholder = key_dir / "placeholder_ed25519.pub"
+    placeholder.write_text(PLACEHOLDER_SSH_KEY + "\n", encoding="ascii")
+    out["fedcloud:aggregator"] = json.dumps({**aggregator, "sshPublicKeyPath": str(placeholder)})
+    return out, (f"no SSH public key at {given}: this preview uses a placeholder key "
+                 "(pulumi up needs the real one)")
+
+
 def run_stack(name: str, issue: IssueFn | None = None) -> MockRun:
-    """Run the program for ``stacks/Pulumi.<name>.yaml`` under mocks."""
-    return run_program(name, stack_config(name), issue=issue)
+    """Run the program for ``stacks/Pulumi.<name>.yaml`` under mocks.
+
+    Without the stack's SSH public key on disk a placeholder is used, and the run's warnings
+    say so.
+    """
+    with tempfile.TemporaryDirectory(prefix="fedcloud-preview-") as tmp:
+        config, notice = with_placeholder_key(stack_config(name), Path(tmp))
+        run = run_program(name, config, issue=issue)
+    if notice:
+        run.warnings.append(notice)
+    return run
 
 
 NOTICE = (

@@ -25,8 +25,9 @@ def register(sub: Any) -> None:
     up.set_defaults(func=run_up)
     down = sub.add_parser("down", parents=[common_parser()],
                           help="stop everything a local `up` started",
-                          description="Stop the SuperLink, SuperNodes and emulated VMs by "
-                                      "recorded PID.")
+                          description="Stop the SuperLink, SuperNodes and emulated VMs: by "
+                                      "recorded PID, then every process carrying the stack's "
+                                      "marker; unreadable state files are set aside.")
     add_stack_args(down)
     down.set_defaults(func=run_down)
 
@@ -76,11 +77,16 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def run_down(args: argparse.Namespace) -> int:
-    """Run ``fedcloud down``."""
+    """Run ``fedcloud down``: best effort, so it reports what it skipped instead of failing."""
     from fedcloud.local.stack import down
 
     cfg = stack_from_args(args)
-    stopped = down(cfg)
-    print(f"stopped {stopped} process group(s)/VM(s) of stack {cfg.stack}" if stopped
-          else f"nothing of stack {cfg.stack} was running")
+    done = down(cfg)
+    if done.stopped:
+        orphans = f" ({done.orphans} found by the stack's marker only)" if done.orphans else ""
+        print(f"stopped {done.stopped} process group(s)/VM(s) of stack {cfg.stack}{orphans}")
+    else:
+        print(f"nothing of stack {cfg.stack} was running")
+    for note in done.notes:
+        print(f"note: {note}")
     return 0

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from fedcloud.core.errors import ConfigError
+from fedcloud.core.files import load_yaml, short
 
 PROJECT = "fedcloud"
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,10 +25,12 @@ PROJECT_FILE = ROOT / "Pulumi.yaml"
 STACKS_DIR = ROOT / "stacks"
 
 _MISSING: Any = object()
+# How much of a value an error message shows.
+DESCRIBE_CHARS = 60
 
 
 def _read_yaml(path: Path) -> Any:
-    from fedcloud.core.files import load_yaml  # strict: bounded, no aliases, no duplicate keys
+    # strict: bounded, no aliases, no duplicate keys
 
     return load_yaml(path)
 
@@ -192,8 +195,13 @@ def load_stack(name: str | None = None, path: str | Path | None = None) -> RawCo
 
 
 def _describe(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
+    """A value as JSON, cut to a short prefix (only the prefix of a long string is looked at)."""
+    if isinstance(value, str):
+        return short(json.dumps(value[:DESCRIBE_CHARS + 2]), DESCRIBE_CHARS)
+    if isinstance(value, Mapping | list):
+        return short(f"a {'mapping' if isinstance(value, Mapping) else 'list'} of "
+                     f"{len(value)} item(s)", DESCRIBE_CHARS)
+    return short(json.dumps(value, default=str), DESCRIBE_CHARS)
 
 
 class ConfigView:
@@ -269,9 +277,11 @@ class ConfigView:
         if not isinstance(value, str) or not value:
             raise self.error(name, f"must be a non-empty string, got {_describe(value)}")
         if choices is not None and value not in choices:
-            close = difflib.get_close_matches(value, list(choices), n=1)
+            close = (difflib.get_close_matches(value, list(choices), n=1)
+                     if len(value) <= DESCRIBE_CHARS else [])
             hint = f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(choices)}."
-            raise self.error(name, f"is '{value}', which is not one of {list(choices)}", hint)
+            raise self.error(name, f"is '{short(value)}', which is not one of {list(choices)}",
+                             hint)
         return value
 
     def get_float(self, name: str, default: Any = _MISSING, minimum: float | None = None,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedcloud.core.config import ROOT, ConfigView, RawConfig
+from fedcloud.core.files import short
 
 VM_STATES = ("Active", "Inactive")
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
@@ -78,8 +79,8 @@ def _parse_location(view: ConfigView) -> Location:
     if loc.has("region"):
         region = loc.get_str("region")
         if ":" not in region:
-            raise loc.error("region", f"is '{region}' without its cloud",
-                            f"write it as '<cloud>:{region}', e.g. 'aws:{region}'.")
+            raise loc.error("region", f"is '{short(region)}' without its cloud",
+                            "write it as '<cloud>:<region>', e.g. 'aws:us-east-1'.")
         return Location(region=region)
     if loc.has("lat") or loc.has("lon"):
         return Location(lat=loc.get_float("lat", minimum=-90, maximum=90),
@@ -95,7 +96,7 @@ def _parse_cidr(view: ConfigView, name: str) -> str | None:
     try:
         net = ipaddress.ip_network(text if "/" in text else f"{text}/32", strict=False)
     except ValueError:
-        raise view.error(name, f"is '{text}', not an IP address or CIDR",
+        raise view.error(name, f"is '{short(text)}', not an IP address or CIDR",
                          f"use an address like 203.0.113.7/32 for {view.key(name)}.") from None
     return str(net)
 
@@ -105,7 +106,7 @@ def _parse_vm(view: ConfigView) -> VmSpec:
                      "vcpus", "memoryGb", "diskGb", "venv", "workDir"])
     fingerprint = view.get_str("hostKeyFingerprint", None)
     if fingerprint is not None and not _FINGERPRINT.match(fingerprint):
-        raise view.error("hostKeyFingerprint", f"is '{fingerprint}', not an OpenSSH SHA256 "
+        raise view.error("hostKeyFingerprint", f"is '{short(fingerprint)}', not an OpenSSH SHA256 "
                          "fingerprint", "run 'ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub' "
                          "on the VM and paste the SHA256:... field.")
     key_path = view.get_str("keyPath", None)
@@ -132,6 +133,22 @@ def _parse_vm(view: ConfigView) -> VmSpec:
     )
 
 
+def _check_hosts(item: ConfigView, name: str, vms: tuple[VmSpec, ...],
+                 hosts: dict[tuple[str, int], str]) -> None:
+    """Refuse a VM address (host and SSH port) already given to another VM of the federation.
+
+    Two inventory entries for one machine would let the orchestrator count one VM twice (and a
+    round-robin "next VM" could be the same host).
+    """
+    for i, vm in enumerate(vms):
+        where = (vm.host.lower(), vm.port)
+        owner = f"{name}/{vm.id}"
+        if where in hosts:
+            raise item.error(f"vms[{i}].host", f"is {short(vm.host)}:{vm.port}, the address of "
+                             f"{hosts[where]} too", "give each VM its own host (or SSH port).")
+        hosts[where] = owner
+
+
 def parse_participants(raw: RawConfig) -> tuple[Participant, ...]:
     """Parse and validate ``fedcloud:participants``.
 
@@ -144,12 +161,13 @@ def parse_participants(raw: RawConfig) -> tuple[Participant, ...]:
         raise top.error("participants", "is empty", "list at least one participant.")
     out: list[Participant] = []
     seen: set[str] = set()
+    hosts: dict[tuple[str, int], str] = {}
     for item in items:
         item.check_keys(["name", "location", "egressCidr", "dataDir", "vms", "rttMs"])
         name = item.get_str("name")
         if not _NAME.match(name):
-            raise item.error("name", f"is '{name}'; names are lower-case letters, digits and "
-                             "dashes (they become resource names)",
+            raise item.error("name", f"is '{short(name)}'; names are lower-case letters, digits "
+                             "and dashes (they become resource names)",
                              "rename it, e.g. 'hospital-us'.")
         if name in seen:
             raise item.error("name", f"'{name}' is used twice",
@@ -165,6 +183,7 @@ def parse_participants(raw: RawConfig) -> tuple[Participant, ...]:
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
             raise item.error("vms", f"repeats VM id {sorted(dup)[0]}", "give each VM its own id.")
+        _check_hosts(item, name, vms, hosts)
         out.append(Participant(
             name=name,
             location=_parse_location(item),

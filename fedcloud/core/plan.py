@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedcloud.core.config import ConfigView
+from fedcloud.core.files import short
 
 CLOUDS: tuple[str, ...] = ("aws", "gcp", "azure")
 TARGETS = ("auto", *CLOUDS, "local")
@@ -123,16 +124,16 @@ def cloud_name(view: ConfigView, key: str, value: Any) -> str:
     if not isinstance(value, str) or value not in CLOUDS:
         import difflib
 
-        close = difflib.get_close_matches(str(value), CLOUDS, n=1)
+        close = difflib.get_close_matches(str(value)[:40], CLOUDS, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(CLOUDS)}."
-        raise view.error(key, f"is '{value}', not a known cloud", hint)
+        raise view.error(key, f"is '{short(value)}', not a known cloud", hint)
     return value
 
 
 def region_ref(view: ConfigView, key: str, value: Any) -> tuple[str, str]:
     """Parse ``"<cloud>:<region>"`` (syntax and cloud only)."""
     if not isinstance(value, str) or ":" not in value:
-        raise view.error(key, f"is {value!r}, not '<cloud>:<region>'",
+        raise view.error(key, f"is {short(value)!r}, not '<cloud>:<region>'",
                          "write it like 'aws:us-east-1'.")
     cloud, region = value.split(":", 1)
     cloud_name(view, key, cloud)
@@ -156,7 +157,7 @@ def _weights(top: ConfigView) -> tuple[tuple[float, float], ...]:
         key = f"weights[{i}]"
         if (not isinstance(w, list) or len(w) != 2
                 or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in w)):
-            raise top.error(key, f"is {w!r}, not a [cost, latency] pair of numbers",
+            raise top.error(key, f"is {short(w)}, not a [cost, latency] pair of numbers",
                             "write it like [9, 1].")
         cost, lat = float(w[0]), float(w[1])
         if cost < 0 or lat < 0:
@@ -174,7 +175,7 @@ def _currency(top: ConfigView) -> Currency:
     cur.check_keys(["code", "perUsd", "asOf"])
     code = cur.get_str("code")
     if not _CURRENCY_CODE.match(code):
-        raise cur.error("code", f"is '{code}', not an ISO 4217 code",
+        raise cur.error("code", f"is '{short(code)}', not an ISO 4217 code",
                         "use three capital letters, e.g. USD or KRW.")
     as_of = None
     if cur.has("asOf"):
@@ -182,7 +183,7 @@ def _currency(top: ConfigView) -> Currency:
         try:
             dt.date.fromisoformat(as_of)
         except ValueError:
-            raise cur.error("asOf", f"is '{as_of}', not a YYYY-MM-DD date") from None
+            raise cur.error("asOf", f"is '{short(as_of)}', not a YYYY-MM-DD date") from None
     return Currency(code=code, per_usd=cur.get_float("perUsd", minimum=0,
                                                      exclusive_minimum=True), as_of=as_of)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedcloud.core.config import ROOT, ConfigView, RawConfig, load_stack
+from fedcloud.core.files import short
 from fedcloud.core.participants import Participant, parse_participants
 from fedcloud.core.plan import PlanSettings, parse_plan
 from fedcloud.core.training import TrainingSettings, parse_training
@@ -187,15 +188,15 @@ def _check_bound(view: ConfigView, key: str, text: Any) -> str:
     name, sep, value = str(text).partition("=")
     problem = None
     if not isinstance(text, str) or not sep:
-        problem = f"is {text!r}, not 'METRIC=NUMBER'"
+        problem = f"is {short(text)!r}, not 'METRIC=NUMBER'"
     elif name.strip() not in METRICS:
-        problem = f"names '{name.strip()}', not one of {list(METRICS)}"
+        problem = f"names '{short(name.strip())}', not one of {list(METRICS)}"
     else:
         try:
             if not math.isfinite(float(value)):
                 problem = "has a bound that is not finite"
         except ValueError:
-            problem = f"has '{value}', which is not a number"
+            problem = f"has '{short(value)}', which is not a number"
     if problem:
         raise view.error(key, problem, f"write it like [\"accuracy=0.9\"] in {view.prefix}.")
     return str(text)
@@ -206,9 +207,9 @@ def parse_best_model(view: ConfigView) -> BestModelRule:
     view.check_keys(["metric", "min"])
     metric = view.get_str("metric")
     if metric not in METRICS:
-        close = difflib.get_close_matches(metric, METRICS, n=1)
+        close = difflib.get_close_matches(metric[:40], METRICS, n=1, cutoff=0.5)
         hint = f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(METRICS)}."
-        raise view.error("metric", f"is '{metric}', not one of {list(METRICS)}", hint)
+        raise view.error("metric", f"is '{short(metric)}', not one of {list(METRICS)}", hint)
     mins = tuple(_check_bound(view, f"min[{i}]", b) for i, b in enumerate(view.get_list("min")))
     return BestModelRule(metric=metric, minimums=mins)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +30,7 @@ from typing import Any
 from fedcloud.core.errors import OrchestratorError
 from fedcloud.core.files import write_atomic, write_json_atomic
 from fedcloud.core.participants import VmSpec
+from fedcloud.local.state import StateFileError, as_pid, is_sshd_of, read_state, shown
 
 SSHD_START_TIMEOUT_S = 10.0
 """Wait for a new sshd to accept TCP connections."""
@@ -44,6 +45,7 @@ PORT_ATTEMPTS = 5
 STATE_FILE = "emulated.json"
 MARKER_ENV = "FEDCLOUD_EMULATED_VM"
 SUPERNODE_WRAPPED = "flower-supernode"
+_TOKEN = re.compile(r"[0-9a-f]{32}")
 _VENV_BIN = Path(sys.executable).parent
 
 
@@ -51,10 +53,8 @@ def sshd_path() -> str:
     """Return the ``sshd`` binary, or raise an error that says how to install it."""
     found = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
     if found is None:
-        raise OrchestratorError(
-            "OpenSSH's sshd is not installed; emulated VMs need it.",
-            "run 'make test-deps' (or: apt-get install -y openssh-server).",
-        )
+        raise OrchestratorError("OpenSSH's sshd is not installed; emulated VMs need it.",
+                                "run 'make test-deps' (or: apt-get install -y openssh-server).")
     return found
 
 
@@ -153,8 +153,11 @@ def _pids_with_marker(token: str) -> list[int]:
     return found
 
 
-def _kill_vm(pid: int | None, token: str) -> None:
-    if pid is not None:
+def _kill_vm(pid: int | None, token: str) -> bool:
+    """Kill the VM's sshd and every process carrying its token; return whether any ran."""
+    found = False
+    if pid is not None and _alive(pid):
+        found = True
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + SSHD_STOP_TIMEOUT_S
@@ -165,11 +168,13 @@ def _kill_vm(pid: int | None, token: str) -> None:
     for _ in range(KILL_ROUNDS):
         pids = [p for p in _pids_with_marker(token) if p != os.getpid()]
         if not pids:
-            return
+            break
+        found = True
         for p in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
         time.sleep(KILL_PAUSE_S)
+    return found
 
 
 def _alive(pid: int) -> bool:
@@ -220,13 +225,15 @@ class EmulatedCloud:
         root: Directory for every VM's keys, config, logs, work dir and venv shims.
         address_prefix: First three octets of the VMs' loopback addresses.
         first_host: Last octet of the first VM's address.
+        marker_env: Put in the environment of every sshd and every process started through it.
     """
 
     def __init__(self, root: Path, address_prefix: str = ADDRESS_PREFIX,
-                 first_host: int = 1) -> None:
+                 first_host: int = 1, marker_env: Mapping[str, str] | None = None) -> None:
         self.root = root
         self.address_prefix = address_prefix
         self.first_host = first_host
+        self.marker_env = dict(marker_env or {})
         self.vms: dict[str, EmulatedVm] = {}
         self.user_key = root / "id_ed25519"
 
@@ -307,7 +314,8 @@ class EmulatedCloud:
             proc = subprocess.Popen(
                 [sshd, "-D", "-f", str(config), "-E", str(vm_root / "sshd.log")],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=_limits(req.vcpus, req.memory_gb),
+                env={**os.environ, **self.marker_env}, start_new_session=True,
+                preexec_fn=_limits(req.vcpus, req.memory_gb),
             )
             if _wait_listening(host, vm.spec.port, proc, SSHD_START_TIMEOUT_S):
                 vm.pid = proc.pid
@@ -319,14 +327,15 @@ class EmulatedCloud:
         raise OrchestratorError(f"emulated VM {req.id}: sshd did not start on {host}: {log_tail}",
                                 f"read {vm_root / 'sshd.log'}.")
 
-    @staticmethod
-    def _sshd_config(vm: EmulatedVm, host_key: Path) -> str:
+    def _sshd_config(self, vm: EmulatedVm, host_key: Path) -> str:
+        marks = [_sshd_quoted(f"{k}={v}") for k, v in sorted(self.marker_env.items())]
         return "\n".join([
             f"ListenAddress {vm.spec.host}",
             f"Port {vm.spec.port}",
-            f"HostKey {host_key}",
-            f"PidFile {vm.root / 'sshd.pid'}",
-            f"AuthorizedKeysFile {vm.root / 'authorized_keys'}",
+            f"HostKey {_sshd_path(host_key)}",
+            f"PidFile {_sshd_path(vm.root / 'sshd.pid')}",
+            # AuthorizedKeysFile expands %-tokens: a literal % is written %%.
+            f"AuthorizedKeysFile {_sshd_path(vm.root / 'authorized_keys', tokens=True)}",
             "PermitRootLogin prohibit-password",
             "PubkeyAuthentication yes",
             "PasswordAuthentication no",
@@ -339,7 +348,7 @@ class EmulatedCloud:
             "MaxStartups 200:30:400",
             "MaxSessions 50",
             "Subsystem sftp internal-sftp",
-            f"SetEnv {MARKER_ENV}={vm.token}",
+            " ".join(["SetEnv", f"{MARKER_ENV}={vm.token}", *(m for m in marks if m)]),
             "LogLevel ERROR",
             "",
         ])
@@ -411,39 +420,53 @@ class EmulatedCloud:
         write_json_atomic(self.root / STATE_FILE, doc)
 
     @staticmethod
-    def stop_from_state(root: Path) -> int:
-        """Stop the VMs recorded in ``<root>/emulated.json`` by another process.
+    def stop_from_state(root: Path) -> tuple[int, list[str]]:
+        """Stop the VMs recorded in ``<root>/emulated.json`` (by another process).
 
-        Returns:
-            How many VMs were recorded.
+        Each by its token, and its ``sshd`` by PID if that PID still runs an sshd of ``root``.
+        Returns how many were running and one line per unusable entry; raises
+        :class:`StateFileError` if the file is unreadable (the caller sets it aside).
         """
         path = root / STATE_FILE
-        if not path.exists():
-            return 0
-        doc = json.loads(path.read_text())
-        for item in doc["vms"]:
-            pid = item["pid"]
-            # Only signal a recorded PID that still runs sshd (the PID may have been reused).
-            if pid is not None and _is_sshd(pid):
-                _kill_vm(pid, item["token"])
-            else:
-                _kill_vm(None, item["token"])
+        fix = f"run `fedcloud down` (it sets {path.name} aside) or delete {path}."
+        vms = (read_state(path, "an emulated VM list", fix) or {"vms": []}).get("vms")
+        if not isinstance(vms, list):
+            raise StateFileError(path, f"{path} has no list of VMs under 'vms'.", fix)
+        count, skipped = 0, []
+        for i, item in enumerate(vms):
+            token = item.get("token") if isinstance(item, dict) else None
+            if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+                skipped.append(f"{path}: entry {i} is not a VM record with a token; skipped it.")
+                continue
+            if (pid := as_pid(item.get("pid"))) is None and item.get("pid") is not None:
+                skipped.append(f"{path}: entry {i}: pid {shown(item.get('pid'))} is not a "
+                               "process id; stopped that VM by its token only.")
+            count += _kill_vm(pid if pid is not None and is_sshd_of(pid, root) else None, token)
             item["pid"] = None
-        write_json_atomic(path, doc)
-        return len(doc["vms"])
+        if vms:
+            write_json_atomic(path, {"vms": vms})
+        return count, skipped
+
+
+def _sshd_quoted(pair: str) -> str | None:
+    """``pair`` as one quoted word of sshd_config (``None`` if it holds a control character)."""
+    quoted = pair.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}"' if pair.isprintable() else None
+
+
+def _sshd_path(path: Path, tokens: bool = False) -> str:
+    """A path as one quoted sshd_config word (a state dir may hold spaces or quotes)."""
+    quoted = _sshd_quoted(str(path).replace("%", "%%") if tokens else str(path))
+    if quoted is None:
+        raise OrchestratorError(f"{path}: an emulated VM's path holds a control character.",
+                                "use a state directory without control characters.")
+    return quoted
 
 
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return False
-
-
-def _is_sshd(pid: int) -> bool:
-    try:
-        return "sshd" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
         return False
 
 

@@ -65,3 +65,13 @@ def test_cli_reports_a_rejected_stack(capsys: pytest.CaptureFixture[str]) -> Non
     captured = capsys.readouterr()
     assert json.loads(captured.out)["error"].startswith("pulumi config: fedcloud:aggregator")
     assert "To fix: run this stack with 'fedcloud up --stack local'" in captured.err
+
+
+def test_preview_without_an_ssh_key_uses_a_placeholder_and_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/id_ed25519.pub here
+    doc = render_stack("covid19-aws")
+    assert "error" not in doc
+    assert any("placeholder key" in w and "~/.ssh/id_ed25519.pub" in w for w in doc["warnings"])
+    vm = next(r for r in doc["resources"] if r["type"] == "aws:ec2/keyPair:KeyPair")
+    assert "fedcloud-preview-placeholder" in json.dumps(vm["properties"])

@@ -247,7 +247,8 @@ def wired(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
               "limits": {"maxCost": 100, "maxLatencyMs": 300},
               "participants": [
                   {"name": n, "location": {"region": "aws:us-east-1"},
-                   "egressCidr": "203.0.113.10/32", "dataDir": "/srv/data", "vms": [vm]}
+                   "egressCidr": "203.0.113.10/32", "dataDir": "/srv/data",
+                   "vms": [{**vm, "host": f"vm-001.{n}.example"}]}
                   for n in ("hospital-us", "hospital-kr")]}
     seen["props"] = {"stack": "s", "config": json.dumps(config),
                      "superlink_address": "203.0.113.7:8000",
