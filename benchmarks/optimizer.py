@@ -1,18 +1,11 @@
-"""NSGA-II against the exhaustive ground truth: hypervolume ratio, same pick, time.
+"""NSGA-II against the exhaustive ground truth on three objectives: hypervolume, picks, time.
 
-Scenarios: the case study (``stacks/Pulumi.covid19.yaml``) and 20 random ones (fixed seeds):
-2-6 participants, each at a random catalogue region of any cloud or at a random point near one
-(+-4 degrees), random limits, cost model, minimum size and allowed clouds. For each scenario
-both methods run in this process on the same request (after one warm-up plan, so module imports
-are not timed), and the script prints one JSON object::
-
-    {"scenarios": [{"name", "hv_ratio", "same_pick", "nsga2_s", "exhaustive_s", ...}, ...],
-     "summary": {...}, "latency_model": {...}}
-
-``hv_ratio`` is NSGA-II's front hypervolume divided by the exhaustive front's, with the user's
-limits (cost in USD, latency in ms) as the reference point. ``same_pick`` is true when every
-weight of the scenario picks the same option with both methods. Run:
-``.venv/bin/python benchmarks/optimizer.py [--scenarios 20] [--seed 7]``.
+Scenarios: the case study, 20 random ones with cost:latency weight pairs, 10 random ones with
+three-weight vectors (half with an emissions limit), and a "VM size" pair (small vs large job).
+``hv_ratio`` is NSGA-II's 3-objective front hypervolume over the exhaustive front's (reference:
+the cost and latency limits, the emissions limit or 1.1 x the largest feasible emissions);
+``same_pick``: every weight picks the same option with both methods. One JSON object is
+printed (optimizer/README.md, "Benchmark"). Run: ``.venv/bin/python benchmarks/optimizer.py``.
 """
 
 from __future__ import annotations
@@ -37,8 +30,10 @@ from optimizer.catalog import CLOUDS, load_catalog
 from optimizer.front import hypervolume
 from optimizer.latency import model_error
 from optimizer.result import PlanResult
+from optimizer.space import build_space
 
 WEIGHTS = [[9, 1], [5, 5], [1, 9], [3, 7], [7, 3]]
+WEIGHTS3 = [[1, 1, 1], [6, 2, 2], [2, 6, 2], [2, 2, 6], [0, 0, 1], [9, 1]]
 REPEATS = 3  # each method's time is the best of REPEATS runs (the machine is shared)
 
 
@@ -50,7 +45,7 @@ def request_of(config: Any) -> PlanRequest:
     return plan_request(parse(config))
 
 
-def random_scenario(rng: random.Random) -> dict[str, Any]:
+def random_scenario(rng: random.Random, three: bool = False) -> dict[str, Any]:
     """Return the config values of one random scenario."""
     cat = load_catalog()
     regions = sorted(cat.regions)
@@ -67,13 +62,16 @@ def random_scenario(rng: random.Random) -> dict[str, Any]:
     clouds = list(CLOUDS) if rng.random() < 0.6 else sorted(rng.sample(list(CLOUDS), 2))
     min_vcpus, min_mem = rng.choice([(2, 4), (2, 4), (2, 8), (4, 8), (4, 16), (8, 16)])
     rounds = rng.choice([10, 30, 50, 100, 200])
+    limits: dict[str, Any] = {"maxCost": round(rng.uniform(1.0, 40.0), 2),
+                              "maxLatencyMs": rng.choice([150, 200, 250, 300, 400])}
+    if three and rng.random() < 0.5:
+        limits["maxCo2eKg"] = round(rng.uniform(0.005, 0.5), 3)
     return {
         "participants": participants,
         "clouds": clouds,
         "aggregator": {"minVcpus": min_vcpus, "minMemoryGib": min_mem},
-        "limits": {"maxCost": round(rng.uniform(1.0, 40.0), 2),
-                   "maxLatencyMs": rng.choice([150, 200, 250, 300, 400])},
-        "weights": WEIGHTS,
+        "limits": limits,
+        "weights": WEIGHTS3 if three else WEIGHTS,
         "costModel": {"rounds": rounds, "modelMb": rng.choice([5, 26, 100]),
                       "roundTrainS": rng.choice([30, 60, 120, 300])},
     }
@@ -94,10 +92,14 @@ def compare(name: str, req: PlanRequest, other_seeds: list[int]) -> dict[str, An
     """Run both methods on ``req`` and compare them (and NSGA-II with ``other_seeds``)."""
     ex, ex_s = best_time(req, "exhaustive")
     ns, ns_s = best_time(req, "nsga2")
-    ref = (req.max_cost_usd, req.max_latency_ms)
+    space = build_space(req)
+    co2_ref = (req.max_co2e_kg if req.max_co2e_kg is not None
+               else 1.1 * float(space.co2e_kg[space.feasible].max()))
+    ref = (req.max_cost_usd, req.max_latency_ms, co2_ref)
 
     def hv(r: PlanResult) -> float:
-        f = np.array([[p.objectives.cost_usd, p.objectives.latency_ms] for p in r.front])
+        f = np.array([[p.objectives.cost_usd, p.objectives.latency_ms, p.objectives.co2e_kg]
+                      for p in r.front], dtype=float)
         return hypervolume(f, ref)
 
     hv_ex, hv_ns = hv(ex), hv(ns)
@@ -120,9 +122,39 @@ def compare(name: str, req: PlanRequest, other_seeds: list[int]) -> dict[str, An
         "nsga2_front_size": len(ns.front),
         "nsga2_evaluated": ns.evaluated,
         "participants": len(req.participants),
+        "weights": [list(w) for w in req.weights],
+        "max_co2e_kg": req.max_co2e_kg,
         "other_seeds_match": seeds_ok,
         "picks": picks_ex,
     }
+
+
+def size_scenario(other_seeds: list[int]) -> dict[str, Any]:
+    """The same federation with a small and a large job: the VM size follows the job."""
+    rng = random.Random(11)
+    cat = load_catalog()
+    regions = sorted(cat.regions)
+    base: dict[str, Any] = {
+        "participants": [{"name": f"p{i}", "location": {"region": f"{c}:{r}"}}
+                         for i, (c, r) in enumerate(rng.sample(regions, 50))],
+        "clouds": list(CLOUDS), "aggregator": {"minVcpus": 2, "minMemoryGib": 4},
+        "limits": {"maxCost": 5000, "maxLatencyMs": 400}, "weights": WEIGHTS3,
+        "costModel": {"rounds": 20, "roundTrainS": 120},
+    }
+    out: dict[str, Any] = {"rows": [], "summary": {}}
+    for name, mb in (("size-50x26MB", 26), ("size-50x1GB", 1000)):
+        values = {**base, "costModel": {**base["costModel"], "modelMb": mb}}
+        req = request_of(from_mapping(name, "benchmark", values))
+        row = compare(name, req, other_seeds)
+        res = plan(req, "exhaustive")
+        out["rows"].append(row)
+        out["summary"][name] = {
+            "memory_need_gib": round(res.memory_need_gib, 2),
+            "picks": [f"{c.point.choice.label} ({c.point.choice.vcpus} vCPU, "
+                      f"{c.point.choice.memory_gib:g} GiB)" for c in res.choices],
+            "job_hours": [round(c.point.objectives.job_hours, 3) for c in res.choices],
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", type=int, default=20)
     parser.add_argument("--seed", type=int, default=7, help="seed of the random scenarios")
+    parser.add_argument("--three-objective", type=int, default=10,
+                        help="random scenarios with three-weight vectors")
     parser.add_argument("--other-nsga2-seeds", default="2,3,4,5",
                         help="also run NSGA-II with these seeds (untimed) and check they match")
     args = parser.parse_args(argv)
@@ -142,19 +176,28 @@ def main(argv: list[str] | None = None) -> int:
     rows = [compare("covid19", case, other_seeds)]
     rng = random.Random(args.seed)
     skipped = 0
-    while len(rows) < args.scenarios + 1:
-        values = random_scenario(rng)
-        raw = from_mapping(f"random-{len(rows)}", "benchmark", values)
-        req = request_of(raw)
+    total = args.scenarios + 1 + args.three_objective
+    while len(rows) < total:
+        three = len(rows) > args.scenarios
+        values = random_scenario(rng, three)
+        name = f"{'tri' if three else 'random'}-{len(rows):02d}"
+        req = request_of(from_mapping(name, "benchmark", values))
         try:
-            rows.append(compare(f"random-{len(rows):02d}", req, other_seeds))
+            rows.append(compare(name, req, other_seeds))
         except PlanError:  # a random draw with no feasible option: draw another
             skipped += 1
+    sizes = size_scenario(other_seeds)
+    rows.extend(sizes["rows"])
     hv = [r["hv_ratio"] for r in rows]
     out = {
         "scenarios": rows,
+        "vm_size": sizes["summary"],
         "summary": {
             "scenarios": len(rows),
+            "three_weight_scenarios": sum(any(len(w) == 3 for w in r["weights"]) for r in rows),
+            "min_front_size": min(r["front_size"] for r in rows),
+            "max_front_size": max(r["front_size"] for r in rows),
+            "covid19_front_size": rows[0]["front_size"],
             "min_hv_ratio": min(hv),
             "all_hv_ratio_ge_0.999": all(h >= 0.999 for h in hv),
             "all_same_pick": all(r["same_pick"] for r in rows),

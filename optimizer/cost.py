@@ -1,44 +1,42 @@
-"""Job time and cost of running the aggregator in one region (vectorised over regions).
+"""Job time, cost, memory need and emissions of the aggregator on each option (vectorised).
 
-A synchronous round lasts the local training plus the slowest participant's model transfers and
-round trips; the job is billed at the VM's on-demand price plus the egress of the global model
-(twice per round and participant). See optimizer/README.md, "Cost model".
+The bytes a run moves come from the app's declaration (``cm.traffic``, ``fl/app/protocol.py``);
+a round lasts the local training plus the slower of the participant's link and the aggregator
+NIC's fan-out, the round trips and the aggregation; emissions follow the Cloud Carbon Footprint
+method. Formulas and sources: optimizer/README.md, "Cost model" and "Emissions model".
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 
 from optimizer.request import CostModel
 
-# Per round and participant: the global model down for training, the update up, the global model
-# down again for evaluation. Two of the three leave the aggregator (billed egress).
-MODEL_TRANSFERS_PER_ROUND = 3
-MODEL_DOWNLOADS_PER_ROUND = 2
-MB_PER_GB = 1000.0
+BYTES_PER_MB = 1e6
+BYTES_PER_GB = 1e9
+BYTES_PER_GIB = 2.0 ** 30
 SECONDS_PER_HOUR = 3600.0
+HOURS_PER_MONTH = 730.0  # the providers' monthly billing convention (24 x 365 / 12)
+# Cloud Carbon Footprint coefficients (shared/data/carbon/README.md).
+MEMORY_KWH_PER_GB_HOUR = 0.000392
+NETWORK_KWH_PER_GB = 0.001
 
 
-def round_seconds(rtt_ms: np.ndarray, cm: CostModel) -> np.ndarray:
-    """Return the duration of one round for each candidate region.
-
-    Args:
-        rtt_ms: ``[participants, regions]`` RTT matrix.
-        cm: The cost model.
-    """
-    transfer_s = MODEL_TRANSFERS_PER_ROUND * cm.model_mb * 8.0 / cm.bandwidth_mbps
-    per_participant = cm.round_train_s + transfer_s + cm.rtts_per_round * rtt_ms / 1000.0
-    return np.asarray(per_participant.max(axis=0))
+def copy_bytes(cm: CostModel) -> float:
+    """Wire bytes of one model copy (``modelMb`` float32 bytes x the wire dtype's ratio)."""
+    return cm.traffic.copy_bytes(cm.model_mb * BYTES_PER_MB)
 
 
-def job_hours(rtt_ms: np.ndarray, cm: CostModel) -> np.ndarray:
-    """Return the billed hours of the job for each candidate region."""
-    return cm.setup_hours + cm.rounds * round_seconds(rtt_ms, cm) / SECONDS_PER_HOUR
+def job_bytes(n_participants: int, cm: CostModel) -> tuple[float, float]:
+    """``(downloads, uploads)`` bytes of the job: per round and once per run (final evaluation)."""
+    return cm.traffic.job_bytes(cm.model_mb * BYTES_PER_MB, n_participants, cm.rounds)
 
 
 def egress_gb(n_participants: int, cm: CostModel) -> float:
-    """Return the GB the aggregator sends to the participants over the job."""
-    return (cm.model_mb / MB_PER_GB) * MODEL_DOWNLOADS_PER_ROUND * n_participants * cm.rounds
+    """Return the GB the aggregator sends to the participants over the job (the downloads)."""
+    return job_bytes(n_participants, cm)[0] / BYTES_PER_GB
 
 
 def egress_usd(cloud: str, n_participants: int, cm: CostModel) -> float:
@@ -46,7 +44,78 @@ def egress_usd(cloud: str, n_participants: int, cm: CostModel) -> float:
     return egress_gb(n_participants, cm) * cm.egress_usd_per_gb[cloud]
 
 
+def memory_need_gib(n_participants: int, cm: CostModel, measured: Mapping[str, float]) -> float:
+    """The ServerApp's peak memory for one round, GiB (measured constants, ``aggregator.csv``).
+
+    ``baseline + model bytes (float32, as aggregated) x (copies per participant x N +
+    strategy copies)``.
+    """
+    model = cm.model_mb * BYTES_PER_MB
+    copies = measured["copies_per_participant"] * n_participants + measured["strategy_copies"]
+    return (measured["serverapp_baseline_mb"] * BYTES_PER_MB + model * copies) / BYTES_PER_GIB
+
+
+def _exchange_seconds(copies: int, n: int, cm: CostModel, nic_gbps: np.ndarray) -> np.ndarray:
+    """Transfer time of ``copies`` per participant: the slower of a link and the VM's NIC."""
+    bits = copies * copy_bytes(cm) * 8.0
+    link = bits / (cm.bandwidth_mbps * 1e6)
+    fanout = n * bits / (np.asarray(nic_gbps, dtype=float) * 1e9)
+    return np.asarray(np.maximum(link, fanout))
+
+
+def round_seconds(rtt_ms: np.ndarray, region_of: np.ndarray, nic_gbps: np.ndarray,
+                  cm: CostModel, aggregate_s_per_mb: float) -> np.ndarray:
+    """Return the duration of one round for each option.
+
+    Args:
+        rtt_ms: ``[participants, regions]`` RTT matrix.
+        region_of: Option -> column of ``rtt_ms``.
+        nic_gbps: Each option's published network bandwidth, Gbit/s.
+        cm: The cost model.
+        aggregate_s_per_mb: Aggregation time per MB of updates (measured, one thread).
+    """
+    n = rtt_ms.shape[0]
+    rtt_s = cm.rtts_per_round * rtt_ms.max(axis=0) / 1000.0
+    transfer = _exchange_seconds(cm.traffic.round_copies(), n, cm, nic_gbps)
+    aggregate = n * cm.model_mb * aggregate_s_per_mb
+    return np.asarray(cm.round_train_s + transfer + rtt_s[region_of] + aggregate)
+
+
+def job_hours(rtt_ms: np.ndarray, region_of: np.ndarray, nic_gbps: np.ndarray, cm: CostModel,
+              aggregate_s_per_mb: float) -> np.ndarray:
+    """Return the billed hours of the job for each option (rounds + the final evaluation)."""
+    n = rtt_ms.shape[0]
+    round_s = round_seconds(rtt_ms, region_of, nic_gbps, cm, aggregate_s_per_mb)
+    t = cm.traffic
+    run_copies = t.downloads_per_run + t.uploads_per_run
+    # The final evaluation's round trips scale with the copies it moves against a round's.
+    run_rtts = cm.rtts_per_round * run_copies / max(t.round_copies(), 1)
+    final_s = (_exchange_seconds(run_copies, n, cm, nic_gbps)
+               + run_rtts * rtt_ms.max(axis=0)[region_of] / 1000.0)
+    return np.asarray(cm.setup_hours + (cm.rounds * round_s + final_s) / SECONDS_PER_HOUR)
+
+
 def job_cost_usd(price_usd_per_hour: np.ndarray, hours: np.ndarray,
                  egress: np.ndarray) -> np.ndarray:
     """Return the job's cost in USD: VM hours plus egress (all arrays broadcast)."""
     return np.asarray(price_usd_per_hour * hours + egress)
+
+
+def energy_kwh(vcpus: np.ndarray, memory_gib: np.ndarray, hours: np.ndarray,
+               min_watts: np.ndarray, max_watts: np.ndarray, n_participants: int,
+               cm: CostModel) -> np.ndarray:
+    """Return the job's IT energy per option, kWh (before PUE): compute + memory + network.
+
+    Compute: ``vCPU-hours x (min W + u x (max W - min W))``; memory: GB-hours x 0.000392;
+    network: every byte the job moves (down and up) x 0.001 kWh/GB.
+    """
+    u = cm.cpu_utilization
+    compute = vcpus * hours * (min_watts + u * (max_watts - min_watts)) / 1000.0
+    memory = memory_gib * (BYTES_PER_GIB / BYTES_PER_GB) * hours * MEMORY_KWH_PER_GB_HOUR
+    network = sum(job_bytes(n_participants, cm)) / BYTES_PER_GB * NETWORK_KWH_PER_GB
+    return np.asarray(compute + memory + network)
+
+
+def co2e_kg(energy: np.ndarray, pue: np.ndarray, grid_kg_per_kwh: np.ndarray) -> np.ndarray:
+    """Return the job's emissions, kg CO2e: energy x PUE x the region's grid factor."""
+    return np.asarray(energy * pue * grid_kg_per_kwh)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedcloud.core.errors import PlanError
-from optimizer.catalog import Catalog, load_catalog
-from optimizer.cost import egress_usd
+from optimizer.catalog import Catalog, VmRow, load_catalog
+from optimizer.cost import HOURS_PER_MONTH
 from optimizer.front import pareto_front, pick
 from optimizer.request import METHODS, Placement, PlanRequest
 from optimizer.result import Choice, Comparison, Objectives, PlanResult, Point, WeightedChoice
@@ -46,15 +46,24 @@ def search(space: SearchSpace, method: str, seed: int, pop_size: int, generation
     raise PlanError(f"unknown method '{method}'.", f"use one of: {', '.join(METHODS)}.")
 
 
-def _point(space: SearchSpace, i: int, per_usd: float, egress_usd: float) -> Point:
-    return Point(Choice.of(space.rows[i]), Objectives(
-        cost_usd=float(space.cost_usd[i]),
-        cost_local=float(space.cost_usd[i] * per_usd),
-        latency_ms=float(space.latency_ms[i]),
-        mean_latency_ms=float(space.mean_latency_ms[i]),
-        job_hours=float(space.job_hours[i]),
-        egress_usd=egress_usd,
-    ))
+def _objectives(row: VmRow, cat: Catalog, per_usd: float, cost_usd: float, latency_ms: float,
+                mean_latency_ms: float, job_hours: float, egress_usd: float, energy_kwh: float,
+                co2e_kg: float | None) -> Objectives:
+    grid = cat.grid[(row.cloud, row.region)]
+    return Objectives(
+        cost_usd=cost_usd, cost_local=cost_usd * per_usd, latency_ms=latency_ms,
+        mean_latency_ms=mean_latency_ms, job_hours=job_hours, egress_usd=egress_usd,
+        co2e_kg=co2e_kg, energy_kwh=energy_kwh,
+        monthly_cost_usd=float(row.price_usd_per_hour * HOURS_PER_MONTH),
+        grid_kg_per_kwh=grid.kg_per_kwh, grid_basis=grid.basis)
+
+
+def _point(space: SearchSpace, i: int, per_usd: float, cat: Catalog) -> Point:
+    row = space.rows[i]
+    return Point(Choice.of(row), _objectives(
+        row, cat, per_usd, float(space.cost_usd[i]), float(space.latency_ms[i]),
+        float(space.mean_latency_ms[i]), float(space.job_hours[i]), float(space.egress_usd[i]),
+        float(space.energy_kwh[i]), float(space.co2e_kg[i])))
 
 
 def _infeasible(request: PlanRequest, space: SearchSpace) -> PlanError:
@@ -63,6 +72,15 @@ def _infeasible(request: PlanRequest, space: SearchSpace) -> PlanError:
     cost_local = space.cost_usd * cur.per_usd
     c_min, l_min = float(cost_local.min()), float(space.latency_ms.min())
     ratio = np.maximum(space.cost_usd / space.max_cost_usd, space.latency_ms / space.max_latency_ms)
+    if request.max_co2e_kg is not None:
+        ratio = np.maximum(ratio, space.co2e_kg / request.max_co2e_kg)
+        co2_min = float(space.co2e_kg.min())
+        if co2_min > request.max_co2e_kg:
+            return PlanError(
+                f"{request.source}: no option meets maxCo2eKg {request.max_co2e_kg:g}; the "
+                f"lowest-emission option emits {co2_min:.3g} kg CO2e.",
+                f"raise fedcloud:limits.maxCo2eKg to at least {co2_min:.3g}, or lower the "
+                "cost model's rounds/setupHours.")
     closest: list[int] = []
     for i in np.lexsort((np.arange(len(space)), ratio)):
         if space.canonical[i] == i and len(closest) < 3:
@@ -88,7 +106,7 @@ def _infeasible(request: PlanRequest, space: SearchSpace) -> PlanError:
                "nearer to the participants")
     else:
         j = closest[0]
-        what = ("the two limits bind together: every option within one limit breaks the other")
+        what = ("the limits bind together: every option within one limit breaks another")
         fix = (f"raise fedcloud:limits.maxCost to {cost_local[j]:,.0f} or "
                f"fedcloud:limits.maxLatencyMs to {space.latency_ms[j]:.0f} (the closest "
                "option needs both), or relax one limit further")
@@ -97,14 +115,14 @@ def _infeasible(request: PlanRequest, space: SearchSpace) -> PlanError:
 
 
 def _evaluated_point(request: PlanRequest, placement: Placement, cat: Catalog) -> Point:
-    """Cost and latency of one named placement (the baseline or a pin)."""
+    """The objectives of one named placement (the baseline or a pin)."""
     ev = evaluate_placement(request, placement, cat)
-    return Point(Choice.of(ev.row), Objectives(
-        ev.cost_usd, ev.cost_usd * request.currency.per_usd, ev.latency_ms, ev.mean_latency_ms,
-        ev.job_hours, ev.egress_usd))
+    return Point(Choice.of(ev.row), _objectives(
+        ev.row, cat, request.currency.per_usd, ev.cost_usd, ev.latency_ms, ev.mean_latency_ms,
+        ev.job_hours, ev.egress_usd, ev.energy_kwh, ev.co2e_kg))
 
 
-def _front(request: PlanRequest, space: SearchSpace | None, method: str,
+def _front(request: PlanRequest, space: SearchSpace | None, method: str, cat: Catalog,
            ) -> tuple[tuple[Point, ...], int]:
     """The Pareto front of the search space (empty without a space) and how many evaluated."""
     if space is None:
@@ -112,19 +130,17 @@ def _front(request: PlanRequest, space: SearchSpace | None, method: str,
     found = search(space, method, request.seed, request.pop_size, request.generations)
     if found.front.size == 0 and request.pin is None:
         raise _infeasible(request, space)
-    per_usd = request.currency.per_usd
-    n = len(request.participants)
-    return tuple(_point(space, int(i), per_usd,
-                        float(egress_usd(space.rows[int(i)].cloud, n, request.cost_model)))
+    return tuple(_point(space, int(i), request.currency.per_usd, cat)
                  for i in found.front), found.evaluated
 
 
 def _weighted(request: PlanRequest, front: tuple[Point, ...], baseline: Point | None,
               ) -> tuple[WeightedChoice, ...]:
-    """One pick of the front per weight pair, compared with the baseline."""
+    """One pick of the front per weight vector, compared with the baseline."""
     if not front:
         return ()
-    f = np.array([[p.objectives.cost_usd, p.objectives.latency_ms] for p in front])
+    f = np.array([[p.objectives.cost_usd, p.objectives.latency_ms, p.objectives.co2e_kg]
+                  for p in front], dtype=float)
     out = []
     for w in request.weights:
         p = front[pick(f, w)]
@@ -162,7 +178,7 @@ def plan(request: PlanRequest, method: str | None = None,
         if request.pin is None:
             raise
         space = None  # a pin outside the filters still deploys; nothing to compare with
-    front, evaluated = _front(request, space, method)
+    front, evaluated = _front(request, space, method, cat)
     baseline = (_evaluated_point(request, request.baseline, cat)
                 if request.baseline is not None else None)
     choices = _weighted(request, front, baseline)
@@ -174,9 +190,9 @@ def plan(request: PlanRequest, method: str | None = None,
         choices=choices,
         front=front,
         baseline=baseline,
-        baseline_meets_limits=(baseline.objectives.meets(request.max_cost_usd,
-                                                         request.max_latency_ms)
-                               if baseline is not None else None),
+        baseline_meets_limits=(baseline.objectives.meets(
+            request.max_cost_usd, request.max_latency_ms, request.max_co2e_kg)
+            if baseline is not None else None),
         method=method,
         seed=request.seed,
         elapsed_s=time.perf_counter() - start,
@@ -190,4 +206,7 @@ def plan(request: PlanRequest, method: str | None = None,
         candidates=len(space) if space is not None else 0,
         feasible=int(space.feasible.sum()) if space is not None else 0,
         evaluated=evaluated,
+        max_co2e_kg=request.max_co2e_kg,
+        memory_need_gib=space.memory_need_gib if space is not None else 0.0,
+        no_grid_factor=space.no_grid_factor if space is not None else (),
     )

@@ -1,4 +1,4 @@
-"""Plot a plan: the feasible options, the Pareto front, each weight's pick and the baseline.
+"""Plot a plan: the 3-objective front (cost vs latency, coloured by emissions), picks, baseline.
 
 matplotlib is imported inside :func:`plot_plan` (with the non-interactive Agg backend).
 """
@@ -24,18 +24,20 @@ def plot_plan(result: PlanResult, path: str | Path) -> Path:
 
     out = Path(path)
     cur = result.currency
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
     front = sorted(result.front, key=lambda p: p.objectives.cost_local)
     if front:
-        ax.step([p.objectives.cost_local for p in front], [p.objectives.latency_ms for p in front],
-                where="post", color="tab:blue", alpha=0.5)
-        ax.scatter([p.objectives.cost_local for p in front],
-                   [p.objectives.latency_ms for p in front], color="tab:blue", zorder=3,
-                   label=f"Pareto front ({len(front)} points, {result.method})")
+        co2 = [(p.objectives.co2e_kg or 0.0) * 1000.0 for p in front]
+        dots = ax.scatter([p.objectives.cost_local for p in front],
+                          [p.objectives.latency_ms for p in front], c=co2, cmap="viridis",
+                          s=50, edgecolors="black", linewidths=0.5, zorder=3,
+                          label=f"Pareto front, 3 objectives ({len(front)} points, "
+                                f"{result.method})")
+        fig.colorbar(dots, ax=ax, label="job emissions (g CO2e)")
     markers = ["o", "s", "D", "^", "v", "P", "*"]
     for k, c in enumerate(result.choices):
         o = c.point.objectives
-        w = f"{c.weights[0]:g}:{c.weights[1]:g}"
+        w = ":".join(f"{x:g}" for x in c.weights)
         ax.scatter([o.cost_local], [o.latency_ms], s=160, facecolors="none",
                    edgecolors=f"C{k + 1}", linewidths=2, marker=markers[k % len(markers)],
                    zorder=4, label=f"weight {w}: {c.point.choice.label}")
@@ -55,8 +57,9 @@ def plot_plan(result: PlanResult, path: str | Path) -> Path:
         ax.axvline(result.max_cost, color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel(f"job cost ({cur})")
     ax.set_ylabel("largest RTT to a participant (ms)")
+    co2_limit = f", {result.max_co2e_kg:g} kg CO2e" if result.max_co2e_kg else ""
     ax.set_title(f"Aggregator placement: limits {result.max_cost:,.0f} {cur}, "
-                 f"{result.max_latency_ms:g} ms")
+                 f"{result.max_latency_ms:g} ms{co2_limit}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()

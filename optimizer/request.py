@@ -44,13 +44,15 @@ class PlanRequest:
         baseline: The "before optimization" placement to compare with, if set.
         max_cost: The job's cost limit, in the stack currency.
         max_latency_ms: Limit on the largest RTT from the aggregator to any participant.
-        weights: ``(cost, latency)`` weights, one pick of the front each; the first is deployed.
+        weights: ``(cost, latency)`` or ``(cost, latency, emissions)`` weights, one pick of
+            the front each; the first is deployed.
         currency: The stack's reporting currency.
         cost_model: Job time and cost assumptions.
         method: ``nsga2`` or ``exhaustive``.
         seed: Random seed of NSGA-II.
         pop_size: NSGA-II population size.
         generations: NSGA-II generations.
+        max_co2e_kg: Limit on the job's emissions, kg CO2e (``None``: no limit).
     """
 
     stack: str
@@ -65,13 +67,14 @@ class PlanRequest:
     baseline: Placement | None
     max_cost: float
     max_latency_ms: float
-    weights: tuple[tuple[float, float], ...]
+    weights: tuple[tuple[float, ...], ...]
     currency: Currency
     cost_model: CostModel
     method: str
     seed: int
     pop_size: int
     generations: int
+    max_co2e_kg: float | None = None
 
     @property
     def max_cost_usd(self) -> float:
@@ -130,7 +133,7 @@ class PlanRequest:
             max_latency_ms=settings.max_latency_ms, weights=settings.weights,
             currency=settings.currency, cost_model=settings.cost_model,
             method=settings.method, seed=settings.seed, pop_size=settings.pop_size,
-            generations=settings.generations,
+            generations=settings.generations, max_co2e_kg=settings.max_co2e_kg,
         )
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from optimizer.catalog import PricedVm, VmRow
 
+OBJECTIVES = ("cost_usd", "latency_ms", "co2e_kg")
+
 
 @dataclass(frozen=True)
 class Choice(PricedVm):
@@ -48,6 +50,12 @@ class Objectives:
         mean_latency_ms: Mean RTT to the participants (reported, not optimised).
         job_hours: Estimated billed hours (the training time estimate plus set-up).
         egress_usd: The egress part of ``cost_usd``.
+        co2e_kg: The job's emissions, kg CO2e (``None``: the region has no grid factor).
+        energy_kwh: The job's IT energy before PUE, kWh.
+        monthly_cost_usd: The VM alone, always on, for a month (730 h; the reference study's
+            basis).
+        grid_kg_per_kwh: The region's grid factor used (``None``: none known).
+        grid_basis: ``published``, the substitution made, or ``unknown``.
     """
 
     cost_usd: float
@@ -56,12 +64,20 @@ class Objectives:
     mean_latency_ms: float
     job_hours: float
     egress_usd: float
+    co2e_kg: float | None = None
+    energy_kwh: float = 0.0
+    monthly_cost_usd: float = 0.0
+    grid_kg_per_kwh: float | None = None
+    grid_basis: str = "unknown"
 
-    def meets(self, max_cost_usd: float, max_latency_ms: float) -> bool:
-        """Whether both limits hold."""
-        return self.cost_usd <= max_cost_usd and self.latency_ms <= max_latency_ms
+    def meets(self, max_cost_usd: float, max_latency_ms: float,
+              max_co2e_kg: float | None = None) -> bool:
+        """Whether every limit holds (an unknown emission fails an emissions limit)."""
+        co2_ok = max_co2e_kg is None or (self.co2e_kg is not None
+                                         and self.co2e_kg <= max_co2e_kg)
+        return self.cost_usd <= max_cost_usd and self.latency_ms <= max_latency_ms and co2_ok
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, Any]:
         """Return the JSON form (rounded for reading; costs to 6 significant places)."""
         return {
             "cost_usd": round(self.cost_usd, 6),
@@ -70,6 +86,11 @@ class Objectives:
             "mean_latency_ms": round(self.mean_latency_ms, 3),
             "job_hours": round(self.job_hours, 4),
             "egress_usd": round(self.egress_usd, 6),
+            "co2e_kg": None if self.co2e_kg is None else round(self.co2e_kg, 6),
+            "energy_kwh": round(self.energy_kwh, 6),
+            "monthly_cost_usd": round(self.monthly_cost_usd, 4),
+            "grid_kg_per_kwh": self.grid_kg_per_kwh,
+            "grid_basis": self.grid_basis,
         }
 
 
@@ -90,16 +111,22 @@ class Comparison:
     """A choice against the baseline (negative changes are reductions).
 
     Attributes:
-        cost_cut_pct: ``(baseline - choice) / baseline`` cost, percent (positive = cheaper).
+        cost_cut_pct: ``(baseline - choice) / baseline`` job cost (VM hours + egress), percent
+            (positive = cheaper).
+        monthly_cost_cut_pct: The same on the always-on monthly VM price (no egress): the
+            reference study's basis.
         latency_change_ms: Change of the largest RTT, ms.
         latency_change_pct: The same in percent of the baseline's.
         job_hours_change_pct: Change of the estimated job time, percent.
+        co2e_change_pct: Change of the job's emissions, percent (``None`` if either is unknown).
     """
 
     cost_cut_pct: float
+    monthly_cost_cut_pct: float
     latency_change_ms: float
     latency_change_pct: float
     job_hours_change_pct: float
+    co2e_change_pct: float | None
 
     @classmethod
     def of(cls, choice: Objectives, baseline: Objectives) -> Comparison:
@@ -107,23 +134,27 @@ class Comparison:
         def pct(new: float, old: float) -> float:
             return 100.0 * (new - old) / old if old else 0.0
 
+        co2 = (pct(choice.co2e_kg, baseline.co2e_kg)
+               if choice.co2e_kg is not None and baseline.co2e_kg is not None else None)
         return cls(
             cost_cut_pct=-pct(choice.cost_usd, baseline.cost_usd),
+            monthly_cost_cut_pct=-pct(choice.monthly_cost_usd, baseline.monthly_cost_usd),
             latency_change_ms=choice.latency_ms - baseline.latency_ms,
             latency_change_pct=pct(choice.latency_ms, baseline.latency_ms),
             job_hours_change_pct=pct(choice.job_hours, baseline.job_hours),
+            co2e_change_pct=co2,
         )
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | None]:
         """Return the JSON form."""
-        return {k: round(v, 2) for k, v in vars(self).items()}
+        return {k: None if v is None else round(v, 2) for k, v in vars(self).items()}
 
 
 @dataclass(frozen=True)
 class WeightedChoice:
-    """The pick of one cost:latency weight."""
+    """The pick of one weight vector (cost, latency[, emissions])."""
 
-    weights: tuple[float, float]
+    weights: tuple[float, ...]
     point: Point
     vs_baseline: Comparison | None
 
@@ -159,6 +190,10 @@ class PlanResult:
         currency_as_of: Date of the rate, if the stack gives one.
         max_cost: The cost limit, stack currency.
         max_latency_ms: The latency limit.
+        max_co2e_kg: The emissions limit, kg CO2e (``None``: none).
+        memory_need_gib: The job's memory need on the aggregator (the VM filter's minimum is
+            the larger of it and ``aggregator.minMemoryGib``).
+        no_grid_factor: Regions left out of the search for want of a grid factor.
         candidates: Options after filtering (the search space's size).
         feasible: Options meeting both limits.
         evaluated: Distinct options the method evaluated.
@@ -183,6 +218,9 @@ class PlanResult:
     candidates: int
     feasible: int
     evaluated: int
+    max_co2e_kg: float | None = None
+    memory_need_gib: float = 0.0
+    no_grid_factor: tuple[str, ...] = ()
 
     @property
     def cost_cut_pct(self) -> list[float | None]:
@@ -215,9 +253,12 @@ class PlanResult:
             "target": self.target,
             "currency": {"code": self.currency, "per_usd": self.per_usd,
                          "as_of": self.currency_as_of},
-            "limits": {"max_cost": self.max_cost, "max_latency_ms": self.max_latency_ms},
+            "limits": {"max_cost": self.max_cost, "max_latency_ms": self.max_latency_ms,
+                       "max_co2e_kg": self.max_co2e_kg},
             "search": {"candidates": self.candidates, "feasible": self.feasible,
-                       "evaluated": self.evaluated},
+                       "evaluated": self.evaluated, "objectives": list(OBJECTIVES),
+                       "memory_need_gib": round(self.memory_need_gib, 3),
+                       "no_grid_factor": list(self.no_grid_factor)},
         }
 
 
@@ -259,6 +300,7 @@ def plan_output(result: Any) -> dict[str, Any]:
         "costLocal": full["objectives"]["cost_local"],
         "currency": full["currency"]["code"],
         "latencyMs": full["objectives"]["latency_ms"],
+        "co2eKg": full["objectives"]["co2e_kg"],
         "meanLatencyMs": full["objectives"]["mean_latency_ms"],
         "jobHours": full["objectives"]["job_hours"],
         "weights": weights,

@@ -1,8 +1,9 @@
 """``fedcloud plan``: choose the aggregator's cloud, region and VM size for a stack.
 
-Prints a table of the pick per cost:latency weight with its cost, latency and the change against
-the stack's baseline (``--json``: one JSON object, see ``PlanResult.to_dict``); ``--plot`` writes
-the front. Heavy imports (pymoo, matplotlib, rich) happen inside the command.
+Prints a table of the pick per weight vector with its cost, latency, emissions and the change
+against the stack's baseline on both cost bases, job and monthly (``--json``: one JSON object,
+see ``PlanResult.to_dict``); ``--plot`` writes the front. Heavy imports (pymoo, matplotlib,
+rich) happen inside the command.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def print_plan(request: PlanRequest, result: PlanResult) -> None:
 
     from optimizer.result import Choice, Comparison, Objectives
 
-    console = Console(width=None if sys.stdout.isatty() else 130)
+    console = Console(width=None if sys.stdout.isatty() else 160)
     cur = result.currency
     rate = f"1 USD = {result.per_usd:g} {cur}" + (
         f" as of {result.currency_as_of}" if result.currency_as_of else "")
@@ -77,24 +78,31 @@ def print_plan(request: PlanRequest, result: PlanResult) -> None:
         f"front of {len(result.front)}")
     console.print(
         f"limits: job cost <= {result.max_cost:,.0f} {cur}, largest RTT <= "
-        f"{result.max_latency_ms:g} ms ({rate}); participants: "
+        f"{result.max_latency_ms:g} ms"
+        + (f", emissions <= {result.max_co2e_kg:g} kg CO2e" if result.max_co2e_kg else "")
+        + f" ({rate}); aggregator memory need {result.memory_need_gib:.2f} GiB; participants: "
         + ", ".join(f"{p.name} @ {p.location.label}" for p in request.participants))
 
-    table = Table(title="Aggregator placement per cost:latency weight", title_justify="left")
+    table = Table(title="Aggregator placement per weight (cost:latency[:emissions])",
+                  title_justify="left")
     for col in ("weight", "cloud:region / instance", "vCPU/GiB", f"job cost {cur}",
-                "max RTT ms", "mean RTT ms", "job h", "cost cut", "max RTT", "job time"):
+                "max RTT ms", "mean RTT ms", "job h", "g CO2e", "cost cut job",
+                "cost cut month", "max RTT", "job time", "CO2e"):
         wide = col == "cloud:region / instance"
         table.add_column(col, justify="left" if wide or col == "weight" else "right",
                          no_wrap=wide, min_width=34 if wide else None)
 
     def row(label: str, c: Choice, o: Objectives, cmp: Comparison | None) -> None:
+        co2 = "n/a" if o.co2e_kg is None else f"{o.co2e_kg * 1000:.1f}"
         cells = [label, c.label, f"{c.vcpus}/{c.memory_gib:g}", f"{o.cost_local:,.0f}",
-                 f"{o.latency_ms:.0f}", f"{o.mean_latency_ms:.0f}", f"{o.job_hours:.2f}"]
+                 f"{o.latency_ms:.0f}", f"{o.mean_latency_ms:.0f}", f"{o.job_hours:.2f}", co2]
         if cmp is not None:
-            cells += [_pct(cmp.cost_cut_pct, True), _pct(cmp.latency_change_pct, False),
-                      _pct(cmp.job_hours_change_pct, False)]
+            cells += [_pct(cmp.cost_cut_pct, True), _pct(cmp.monthly_cost_cut_pct, True),
+                      _pct(cmp.latency_change_pct, False),
+                      _pct(cmp.job_hours_change_pct, False),
+                      "n/a" if cmp.co2e_change_pct is None else _pct(cmp.co2e_change_pct, False)]
         else:
-            cells += ["", "", ""]
+            cells += ["", "", "", "", ""]
         table.add_row(*cells)
 
     if result.baseline is not None:
@@ -102,14 +110,17 @@ def print_plan(request: PlanRequest, result: PlanResult) -> None:
         row("baseline" if result.baseline_meets_limits else "baseline (breaks limits)",
             b.choice, b.objectives, None)
     for wc in result.choices:
-        row(f"{wc.weights[0]:g}:{wc.weights[1]:g}", wc.point.choice, wc.point.objectives,
+        row(":".join(f"{w:g}" for w in wc.weights), wc.point.choice, wc.point.objectives,
             wc.vs_baseline)
     console.print(table)
     if result.baseline is not None:
-        console.print("changes are against the baseline: cost cut > 0 is cheaper; RTT and job "
-                      "time < 0 are faster.")
+        console.print("changes are against the baseline: cost cut > 0 is cheaper (job: VM "
+                      "hours + egress; month: the VM always on, 730 h, no egress); RTT, job "
+                      "time and CO2e < 0 are reductions.")
+    if result.no_grid_factor:
+        console.print(f"left out (no grid emissions factor): {', '.join(result.no_grid_factor)}")
     how = "pinned by fedcloud:aggregator.pin" if result.pinned else (
-        f"pick of the first weight {request.weights[0][0]:g}:{request.weights[0][1]:g}")
+        "pick of the first weight " + ":".join(f"{w:g}" for w in request.weights[0]))
     target = "" if result.target == "auto" else f"; target {result.target}"
     console.print(f"deployed: [bold]{result.choice.label}[/bold] ({how}{target}), "
                   f"{result.objectives.cost_local:,.0f} {cur}, "

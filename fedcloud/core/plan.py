@@ -9,11 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fedcloud.core.config import ConfigView
 from fedcloud.core.files import short
+from fl.app.protocol import Traffic
+from fl.app.protocol import traffic as traffic_of
 
 CLOUDS: tuple[str, ...] = ("aws", "gcp", "azure")
 TARGETS = ("auto", *CLOUDS, "local")
@@ -21,7 +23,7 @@ METHODS = ("nsga2", "exhaustive")
 AGGREGATOR_KEYS = ("target", "minVcpus", "minMemoryGib", "pin", "sshPublicKeyPath", "diskGb",
                    "image")
 COST_MODEL_KEYS = ("rounds", "modelMb", "bandwidthMbps", "roundTrainS", "rttsPerRound",
-                   "setupHours", "egressUsdPerGb")
+                   "setupHours", "egressUsdPerGb", "cpuUtilization")
 _CURRENCY_CODE = re.compile(r"^[A-Z]{3}$")
 
 
@@ -60,6 +62,10 @@ class CostModel:
         rtts_per_round: Round trips on a round's critical path.
         setup_hours: Billed hours that do not depend on the region.
         egress_usd_per_gb: Each cloud's internet egress price, USD per GB (10^9 bytes).
+        traffic: The model copies a run moves, as the app declares them for the stack's
+            ``training.wireDtype`` (``fl/app/protocol.py``).
+        cpu_utilization: Average CPU utilisation of the aggregator VM, 0-1 (emissions model;
+            the Cloud Carbon Footprint default is 0.5).
     """
 
     rounds: int
@@ -69,6 +75,8 @@ class CostModel:
     rtts_per_round: float
     setup_hours: float
     egress_usd_per_gb: Mapping[str, float]
+    traffic: Traffic = field(default_factory=traffic_of)
+    cpu_utilization: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -86,13 +94,15 @@ class PlanSettings:
         baseline: ``fedcloud:baseline``, if set.
         max_cost: The job's cost limit in the stack currency.
         max_latency_ms: Limit on the largest RTT from the aggregator to any participant.
-        weights: ``(cost, latency)`` pairs; the first pick is deployed.
+        weights: ``(cost, latency)`` or ``(cost, latency, emissions)`` weights; the first
+            pick is deployed.
         currency: The reporting currency.
         cost_model: Job time and cost assumptions.
         method: ``nsga2`` or ``exhaustive``.
         seed: NSGA-II seed.
         pop_size: NSGA-II population size.
         generations: NSGA-II generations.
+        max_co2e_kg: ``limits.maxCo2eKg``, the job's emissions limit (kg CO2e), if set.
     """
 
     source: str
@@ -105,13 +115,14 @@ class PlanSettings:
     baseline: Placement | None
     max_cost: float
     max_latency_ms: float
-    weights: tuple[tuple[float, float], ...]
+    weights: tuple[tuple[float, ...], ...]
     currency: Currency
     cost_model: CostModel
     method: str
     seed: int
     pop_size: int
     generations: int
+    max_co2e_kg: float | None = None
 
 
 def error_view(source: str, key: str) -> ConfigView:
@@ -147,26 +158,26 @@ def _placement(view: ConfigView, name: str) -> Placement:
     return Placement(cloud, sub.get_str("region"), sub.get_str("instanceType"))
 
 
-def _weights(top: ConfigView) -> tuple[tuple[float, float], ...]:
+def _weights(top: ConfigView) -> tuple[tuple[float, ...], ...]:
     items = top.get_list("weights")
     if not items:
-        raise top.error("weights", "is empty", "give at least one [cost, latency] pair, e.g. "
-                        "[[5, 5]].")
-    out: list[tuple[float, float]] = []
+        raise top.error("weights", "is empty", "give at least one [cost, latency] or "
+                        "[cost, latency, emissions] weight vector, e.g. [[5, 5]].")
+    out: list[tuple[float, ...]] = []
     for i, w in enumerate(items):
         key = f"weights[{i}]"
-        if (not isinstance(w, list) or len(w) != 2
+        if (not isinstance(w, list) or len(w) not in (2, 3)
                 or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in w)):
-            raise top.error(key, f"is {short(w)}, not a [cost, latency] pair of numbers",
-                            "write it like [9, 1].")
-        cost, lat = float(w[0]), float(w[1])
-        if cost < 0 or lat < 0:
+            raise top.error(key, f"is {short(w)}, not a [cost, latency] or [cost, latency, "
+                            "emissions] vector of numbers", "write it like [9, 1] or [4, 3, 3].")
+        vec = tuple(float(x) for x in w)
+        if any(x < 0 for x in vec):
             raise top.error(key, f"is {w!r}; weights cannot be negative",
                             "use non-negative weights, e.g. [9, 1].")
-        if cost == 0 and lat == 0:
-            raise top.error(key, "is [0, 0]; at least one weight must be positive",
-                            "use e.g. [1, 0] for cost only or [0, 1] for latency only.")
-        out.append((cost, lat))
+        if not any(vec):
+            raise top.error(key, f"is {w!r}; at least one weight must be positive",
+                            "use e.g. [1, 0] for cost only or [0, 0, 1] for emissions only.")
+        out.append(vec)
     return tuple(out)
 
 
@@ -188,7 +199,7 @@ def _currency(top: ConfigView) -> Currency:
                                                      exclusive_minimum=True), as_of=as_of)
 
 
-def _cost_model(top: ConfigView, training_rounds: int) -> CostModel:
+def _cost_model(top: ConfigView, training_rounds: int, traffic: Traffic) -> CostModel:
     cm = top.sub("costModel")
     cm.check_keys(COST_MODEL_KEYS)
     # The job's rounds are the training's rounds unless the cost model says otherwise.
@@ -205,27 +216,34 @@ def _cost_model(top: ConfigView, training_rounds: int) -> CostModel:
         rtts_per_round=cm.get_float("rttsPerRound", minimum=0),
         setup_hours=cm.get_float("setupHours", minimum=0),
         egress_usd_per_gb=egress,
+        traffic=traffic,
+        cpu_utilization=cm.get_float("cpuUtilization", minimum=0, maximum=1),
     )
 
 
-def _limits(top: ConfigView) -> tuple[float, float]:
+def _limits(top: ConfigView) -> tuple[float, float, float | None]:
     if not top.has("limits"):
         raise top.error("limits", "is required (no default: a cost limit means nothing "
                         "without the stack's currency)",
                         "set fedcloud:limits: {maxCost: <amount in fedcloud:currency.code>, "
                         "maxLatencyMs: <ms>} in the stack file.")
     limits = top.sub("limits")
-    limits.check_keys(["maxCost", "maxLatencyMs"])
+    limits.check_keys(["maxCost", "maxLatencyMs", "maxCo2eKg"])
+    co2 = (limits.get_float("maxCo2eKg", minimum=0, exclusive_minimum=True)
+           if limits.has("maxCo2eKg") else None)
     return (limits.get_float("maxCost", minimum=0, exclusive_minimum=True),
-            limits.get_float("maxLatencyMs", minimum=0, exclusive_minimum=True))
+            limits.get_float("maxLatencyMs", minimum=0, exclusive_minimum=True), co2)
 
 
-def parse_plan(top: ConfigView, training_rounds: int) -> PlanSettings:
+def parse_plan(top: ConfigView, training_rounds: int,
+               traffic: Traffic | None = None) -> PlanSettings:
     """Parse the optimizer's sections of a stack (defaults already merged).
 
     Args:
         top: The stack's top-level view.
         training_rounds: ``fedcloud:training.rounds``, the default of ``costModel.rounds``.
+        traffic: What the app moves per round for ``fedcloud:training.wireDtype`` (default:
+            the float32 declaration).
 
     Raises:
         ConfigError: A key is missing, malformed or out of range (names the key and the fix).
@@ -245,7 +263,7 @@ def parse_plan(top: ConfigView, training_rounds: int) -> PlanSettings:
             regions.append(ref)
     agg = top.sub("aggregator")
     agg.check_keys(AGGREGATOR_KEYS)
-    max_cost, max_latency = _limits(top)
+    max_cost, max_latency, max_co2e = _limits(top)
     opt = top.sub("optimizer")
     opt.check_keys(["method", "seed", "popSize", "generations"])
     return PlanSettings(
@@ -261,9 +279,10 @@ def parse_plan(top: ConfigView, training_rounds: int) -> PlanSettings:
         max_latency_ms=max_latency,
         weights=_weights(top),
         currency=_currency(top),
-        cost_model=_cost_model(top, training_rounds),
+        cost_model=_cost_model(top, training_rounds, traffic or traffic_of()),
         method=opt.get_str("method", choices=METHODS),
         seed=opt.get_int("seed", minimum=0),
         pop_size=opt.get_int("popSize", minimum=4, maximum=10_000),
         generations=opt.get_int("generations", minimum=1, maximum=100_000),
+        max_co2e_kg=max_co2e,
     )

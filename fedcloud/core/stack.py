@@ -18,6 +18,7 @@ from fedcloud.core.files import short
 from fedcloud.core.participants import Participant, parse_participants
 from fedcloud.core.plan import PlanSettings, parse_plan
 from fedcloud.core.training import TrainingSettings, parse_training
+from fl.app.protocol import traffic
 from fl.app.records import METRICS
 
 HostKeyPolicy = Literal["reject", "tofu"]
@@ -273,7 +274,7 @@ def parse(raw: RawConfig) -> StackConfig:
         source=raw.source,
         state_dir=state_dir,
         participants=parse_participants(raw),
-        plan=parse_plan(top, training.rounds),
+        plan=parse_plan(top, training.rounds, traffic(training.wire_dtype)),
         aggregator=parse_aggregator(top),
         training=training,
         orchestrator=parse_orchestrator(top.sub("orchestrator")),

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 from fedcloud.core.config import ConfigView
 from fedcloud.core.errors import ConfigError
+from fl.app.protocol import WIRE_DTYPES
 from fl.app.runconfig import MODEL_CLASSES, MODEL_FIXED_IMAGE_SIZE, RunConfig
 
 KEYS = ("model", "width", "imageSize", "rounds", "localEpochs", "batchSize", "learningRate",
         "fractionTrain", "minNodes", "phaseTimeoutS", "nodeWaitS", "seed", "delayProb", "delayS",
-        "insecure")
+        "wireDtype", "insecure")
 
 
 def config_args(values: Mapping[str, str | int | float | bool]) -> str:
@@ -67,6 +68,8 @@ class TrainingSettings:
         seed: Seed of model initialisation and data shuffling.
         delay_prob: Communication-delay study: probability that a client sleeps after training.
         delay_s: Communication-delay study: how long it sleeps (seconds).
+        wire_dtype: ``float32`` or ``float16``: how model arrays travel (training and
+            aggregation stay float32; ``fl/app/protocol.py``).
         insecure: Development only: no TLS and no node authentication (logged).
     """
 
@@ -84,6 +87,7 @@ class TrainingSettings:
     seed: int
     delay_prob: float
     delay_s: float
+    wire_dtype: str
     insecure: bool
 
     @property
@@ -100,7 +104,7 @@ class TrainingSettings:
             batch_size=self.batch_size, learning_rate=self.learning_rate,
             fraction_train=self.fraction_train, min_nodes=self.min_nodes,
             phase_timeout_s=self.phase_timeout_s, node_wait_s=self.node_wait_s, seed=self.seed,
-            delay_prob=self.delay_prob, delay_s=self.delay_s,
+            delay_prob=self.delay_prob, delay_s=self.delay_s, wire_dtype=self.wire_dtype,
             tracking_uri=tracking_uri, experiment=experiment, run_name=run_name, stack=stack,
         )
 
@@ -143,6 +147,7 @@ def parse_training(view: ConfigView) -> TrainingSettings:
         seed=view.get_int("seed", minimum=0),
         delay_prob=view.get_float("delayProb", minimum=0, maximum=1),
         delay_s=view.get_float("delayS", minimum=0),
+        wire_dtype=view.get_str("wireDtype", choices=tuple(WIRE_DTYPES)),
         insecure=view.get_bool("insecure"),
     )
     return settings

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass
 from typing import Any
 
+from fl.app.protocol import DEFAULT_WIRE_DTYPE, WIRE_DTYPES
+
 # Classes per model's dataset (covid: Covid / Normal / Viral Pneumonia; CIFAR-10).
 MODEL_CLASSES: dict[str, int] = {"covid_cnn": 3, "cifar_cnn": 10}
 # Models whose input size is fixed by their architecture.
@@ -26,6 +28,7 @@ STATUS_MARK = "FEDCLOUD_STATUS"
 NODE_DATA_DIR = "data-dir"
 NODE_PARTICIPANT = "participant"
 NODE_TORCH_THREADS = "torch-threads"
+NODE_CACHE_DIR = "cache-dir"
 
 # Python field -> Flower run config key (the keys declared in the app's pyproject.toml).
 FLOWER_KEYS: dict[str, str] = {
@@ -44,6 +47,7 @@ FLOWER_KEYS: dict[str, str] = {
     "seed": "seed",
     "delay_prob": "delay-prob",
     "delay_s": "delay-s",
+    "wire_dtype": "wire-dtype",
     "tracking_uri": "tracking-uri",
     "experiment": "experiment",
     "run_name": "run-name",
@@ -61,6 +65,7 @@ class RunConfig:
 
     ``delay_prob``/``delay_s`` reproduce the communication-delay study: after local training
     each client sleeps ``delay_s`` seconds with probability ``delay_prob``.
+    ``wire_dtype`` is how model arrays travel (``fl/app/protocol.py``).
     ``tracking_uri`` empty means: record the rounds nowhere but the run log.
     """
 
@@ -79,6 +84,7 @@ class RunConfig:
     seed: int
     delay_prob: float = 0.0
     delay_s: float = 0.0
+    wire_dtype: str = DEFAULT_WIRE_DTYPE
     tracking_uri: str = ""
     experiment: str = "fedcloud"
     run_name: str = ""
@@ -148,6 +154,9 @@ class RunConfig:
             ("phase-timeout-s", self.phase_timeout_s > 0), ("node-wait-s", self.node_wait_s >= 0),
             ("delay-prob", 0 <= self.delay_prob <= 1), ("delay-s", self.delay_s >= 0),
         ]
+        if self.wire_dtype not in WIRE_DTYPES:
+            raise RunConfigError(f"run config key 'wire-dtype' is '{self.wire_dtype}'; use one "
+                                 f"of {sorted(WIRE_DTYPES)}")
         for key, ok in checks:
             if not ok:
                 raise RunConfigError(f"run config key '{key}' is out of range")

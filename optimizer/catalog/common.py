@@ -20,8 +20,9 @@ import io
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fedcloud.core.errors import CatalogError
 from fedcloud.core.files import write_atomic_with
@@ -100,12 +101,18 @@ class Catalog:
         regions: ``(cloud, region)`` to :class:`Region`, for every region with coordinates.
         latency: ``(cloud, from_region, to_region)`` to the measured RTT in ms (directional).
         latency_statistic: ``cloud`` to the statistic its measurements are (for reports).
+        grid: ``(cloud, region)`` to its :class:`~optimizer.catalog.carbon.GridFactor`.
+        power: ``(cloud, instance_type)`` to its :class:`~optimizer.catalog.carbon.VmPower`.
+        aggregator: The ServerApp's measured constants (``aggregator.csv``) by quantity.
     """
 
     vms: tuple[VmRow, ...]
     regions: Mapping[tuple[str, str], Region]
     latency: Mapping[tuple[str, str, str], float]
     latency_statistic: Mapping[str, str]
+    grid: Mapping[tuple[str, str], Any] = field(default_factory=dict)
+    power: Mapping[tuple[str, str], Any] = field(default_factory=dict)
+    aggregator: Mapping[str, float] = field(default_factory=dict)
 
     def vms_of(self, cloud: str) -> tuple[VmRow, ...]:
         """Return the rows of one cloud."""
@@ -336,7 +343,11 @@ def load_catalog(directory: Path = CATALOG_DIR) -> Catalog:
             f"add a row for {cloud},{region} to regions.csv.")
     latency, stats = parse_latency(directory / "latency.csv")
     vms.sort(key=lambda v: (CLOUDS.index(v.cloud), v.region, v.instance_type))
-    return Catalog(vms=tuple(vms), regions=regions, latency=latency, latency_statistic=stats)
+    from optimizer.catalog.carbon import load_carbon
+
+    grid, power, measured = load_carbon(directory, vms)
+    return Catalog(vms=tuple(vms), regions=regions, latency=latency, latency_statistic=stats,
+                   grid=grid, power=power, aggregator=measured)
 
 
 def close_matches(word: str, choices: Iterable[str], n: int = 3) -> list[str]:

@@ -37,10 +37,12 @@ def test_case_study_nsga2_equals_exhaustive(case: PlanRequest) -> None:
     for c in ex.choices:
         assert c.point.objectives.cost_local <= 85000
         assert c.point.objectives.latency_ms <= 250
-    # the front is sorted by cost and strictly trades latency for cost
-    costs = [p.objectives.cost_usd for p in ex.front]
-    lats = [p.objectives.latency_ms for p in ex.front]
-    assert costs == sorted(costs) and lats == sorted(lats, reverse=True)
+    # three objectives: the front is sorted by cost and no point dominates another
+    f = np.array([[p.objectives.cost_usd, p.objectives.latency_ms, p.objectives.co2e_kg]
+                  for p in ex.front])
+    assert list(f[:, 0]) == sorted(f[:, 0]) and len(f) >= 5
+    for a in f:
+        assert not any(np.all(b <= a) and np.any(b < a) for b in f)
     # baseline comparison is reported per weight
     assert ex.baseline is not None and all(c.vs_baseline is not None for c in ex.choices)
     assert ex.cost_cut_pct[0] == pytest.approx(
@@ -63,7 +65,10 @@ def test_json_shape(case: PlanRequest) -> None:
     assert option | {"objectives"} <= set(d["baseline"])
     assert (d["method"], d["seed"]) == ("exhaustive", 1) and d["elapsed_s"] >= 0
     assert [c["weights"] for c in d["choices"]] == [[9, 1], [5, 5], [1, 9]]
-    assert {"cost_cut_pct", "latency_change_pct"} <= set(d["choices"][0]["vs_baseline"])
+    assert {"cost_cut_pct", "monthly_cost_cut_pct", "latency_change_pct",
+            "co2e_change_pct"} <= set(d["choices"][0]["vs_baseline"])
+    assert d["objectives"]["co2e_kg"] > 0 and all(p["co2e_kg"] > 0 for p in d["front"])
+    assert d["search"]["objectives"] == ["cost_usd", "latency_ms", "co2e_kg"]
     json.dumps(d)  # plain Python values only
 
 
@@ -165,6 +170,8 @@ def test_cli_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "--stack", "covid19", "--method", "exhaustive"]) == 0
     out = capsys.readouterr().out
     assert "baseline" in out and "9:1" in out and "1:9" in out and "deployed:" in out
+    assert "g CO2e" in out and "month" in out and "memory need 0.43 GiB" in out
+    assert "left out (no grid emissions factor): aws:me-central-1" in out
 
 
 def test_cli_infeasible_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -61,8 +61,16 @@ P0 = BASE["participants"][0]
                                      r"negative"),
     # both zero
     ({"weights": [[0, 0]]}, r"fedcloud:weights\[0\] is \[0, 0\].*To fix: use e.g. \[1, 0\]"),
-    # not a pair
-    ({"weights": [[1, 2, 3]]}, r"fedcloud:weights\[0\] is \[1, 2, 3\], not a \[cost, latency\]"),
+    # neither a pair nor a triple
+    ({"weights": [[1, 2, 3, 4]]}, r"fedcloud:weights\[0\] is \[1, 2, 3, 4\], not a \[cost, "
+                                  r"latency\] or \[cost, latency, emissions\] vector"),
+    ({"weights": [[0, 0, 0]]}, r"fedcloud:weights\[0\] is \[0, 0, 0\]; at least one weight"),
+    # an emissions limit must be a positive number
+    ({"limits": {"maxCost": 10, "maxLatencyMs": 250, "maxCo2eKg": -1}},
+     r"fedcloud:limits.maxCo2eKg must be > 0"),
+    ({"limits": {"maxCost": 10, "maxLatencyMs": 250, "maxCo2eKg": "lots"}},
+     r"fedcloud:limits.maxCo2eKg must be a number"),
+    ({"costModel": {"cpuUtilization": 1.5}}, r"fedcloud:costModel.cpuUtilization must be <= 1"),
     # limits are required (no default)
     ({"limits": None}, r"fedcloud:limits is required.*To fix: set fedcloud:limits"),
     ({"limits": {"maxCost": 0, "maxLatencyMs": 250}}, r"fedcloud:limits.maxCost must be > 0"),

@@ -1,0 +1,102 @@
+"""What one run puts on the wire, declared once: model copies per participant and exchange.
+
+The ServerApp (``fl/app/strategy.py``) sends exactly these exchanges, and the optimizer's time,
+cost and emissions models (``optimizer/cost.py``) read them through :func:`traffic` instead of
+constants of their own; ``benchmarks/flower_round.py`` checks the prediction against the bytes
+Flower records. No torch or Flower import: the CLI's planner reads it too. See fl/README.md,
+"One exchange per round".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Bytes per floating-point element on the wire, per run-config ``wire-dtype``.
+WIRE_DTYPES: dict[str, int] = {"float32": 4, "float16": 2}
+DEFAULT_WIRE_DTYPE = "float32"
+# Bytes per float element of the models as trained and aggregated (float32).
+TRAIN_ELEMENT_BYTES = 4
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One message exchange between the ServerApp and each sampled participant.
+
+    Attributes:
+        name: What the exchange does.
+        downloads: Model copies sent to each participant (aggregator -> participant).
+        uploads: Model copies each participant sends back.
+        per_round: ``True``: once every round; ``False``: once per run.
+    """
+
+    name: str
+    downloads: int
+    uploads: int
+    per_round: bool
+
+
+# A round is one exchange: the participant evaluates the global model it receives, trains it and
+# returns the update with both sets of metrics. One evaluation of the last model ends the run.
+EXCHANGES: tuple[Exchange, ...] = (
+    Exchange("evaluate-and-train", downloads=1, uploads=1, per_round=True),
+    Exchange("final-evaluate", downloads=1, uploads=0, per_round=False),
+)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """The model copies a run moves, for one wire dtype (from :data:`EXCHANGES`).
+
+    Attributes:
+        wire_dtype: ``float32`` or ``float16``.
+        wire_ratio: Wire bytes of a model copy / its float32 bytes.
+        downloads_per_round: Copies to each participant per round.
+        uploads_per_round: Copies from each participant per round.
+        downloads_per_run: Copies to each participant once per run (the final evaluation).
+        uploads_per_run: Copies from each participant once per run.
+        phases_per_round: Message exchanges per round.
+    """
+
+    wire_dtype: str
+    wire_ratio: float
+    downloads_per_round: int
+    uploads_per_round: int
+    downloads_per_run: int
+    uploads_per_run: int
+    phases_per_round: int
+
+    def copy_bytes(self, model_bytes: float) -> float:
+        """Wire bytes of one copy of a model of ``model_bytes`` float32 bytes."""
+        return model_bytes * self.wire_ratio
+
+    def job_bytes(self, model_bytes: float, participants: int, rounds: int) -> tuple[float, float]:
+        """``(downloads, uploads)`` in bytes over a run of ``rounds`` with ``participants``."""
+        one = self.copy_bytes(model_bytes) * participants
+        down = one * (self.downloads_per_round * rounds + self.downloads_per_run)
+        up = one * (self.uploads_per_round * rounds + self.uploads_per_run)
+        return down, up
+
+    def round_copies(self) -> int:
+        """Model copies one participant moves in one round (both directions)."""
+        return self.downloads_per_round + self.uploads_per_round
+
+
+def traffic(wire_dtype: str = DEFAULT_WIRE_DTYPE) -> Traffic:
+    """Return the declared traffic of a run sending model arrays as ``wire_dtype``.
+
+    Raises:
+        ValueError: ``wire_dtype`` is not one of :data:`WIRE_DTYPES`.
+    """
+    if wire_dtype not in WIRE_DTYPES:
+        raise ValueError(f"wire dtype '{wire_dtype}' is not one of {sorted(WIRE_DTYPES)}")
+    rounds = [e for e in EXCHANGES if e.per_round]
+    once = [e for e in EXCHANGES if not e.per_round]
+    return Traffic(
+        wire_dtype=wire_dtype,
+        wire_ratio=WIRE_DTYPES[wire_dtype] / TRAIN_ELEMENT_BYTES,
+        downloads_per_round=sum(e.downloads for e in rounds),
+        uploads_per_round=sum(e.uploads for e in rounds),
+        downloads_per_run=sum(e.downloads for e in once),
+        uploads_per_run=sum(e.uploads for e in once),
+        phases_per_round=len(rounds),
+    )
