@@ -1,24 +1,21 @@
-"""Flower's per-round overhead on this machine: round wall time vs the slowest client's training.
+"""Flower's per-round overhead and bytes on this machine: the case study's workload, lean rounds.
 
 Starts the real deployment on loopback (TLS SuperLink with node authentication, N SuperNodes on
-synthetic Kaggle-layout data, the FL Initializer), runs a few rounds and prints JSON::
+synthetic Kaggle-layout data, the FL Initializer) and trains the ~26 MB chest X-ray CNN (width
+32, 224 px), 3 nodes, 60 training images per node, one local epoch, 3 rounds. Prints JSON:
 
-    {"model_bytes", "overhead_ratio", "rounds": [{"round", "wall_s", "max_client_train_s",
-     "network_bytes"}, ...], ...}
+* ``overhead_s_per_round``: median over rounds of the round's wall time (the ServerApp's time
+  from pushing round r to its aggregate) minus the slowest client's pure training time;
+  ``overhead_ratio``: median of round wall / slowest client's training (1.0 = no overhead).
+* ``phases_per_round``: message exchanges per round (from each round's record).
+* ``model_copies_per_round``: bytes Flower recorded for the training rounds / model bytes /
+  rounds; ``final_eval_copies``: the one final evaluation's. Both from Flower's own run records
+  (``flwr ls``: the SuperLink's Fleet traffic, in + out) of two runs on the same federation,
+  ``rounds`` and 1 round: their difference holds only training rounds.
+* ``wire_bytes_measured`` (the ``rounds`` run) and ``wire_bytes_predicted``
+  (``fl/app/protocol.py``'s declaration), ``wire_bytes_error_pct``.
 
-* ``wall_s``: the ServerApp's time from sending round r's train messages to the end of its
-  checkpoint (train + evaluate phases, aggregation, recording).
-* ``max_client_train_s``: the slowest participant's pure ``task.train`` time in that round.
-* ``overhead_ratio``: sum of ``wall_s`` / sum of ``max_client_train_s`` (1.0 = no overhead).
-* ``network_bytes``: the run's SuperLink traffic (``flwr ls --format json``, in + out) added
-  during the round, sampled when the round's record reaches the initializer; by then the
-  ServerApp has usually pushed the next round's train messages, so a round's figure holds the
-  next round's downloads. ``network_bytes_per_round_mean`` (total / rounds) has no such skew;
-  ``model_transfers_per_round`` divides it by ``model_bytes`` (3 x nodes expected: train down,
-  train up, evaluate down).
-
-Usage: ``python benchmarks/flower_round.py [--width 16 --image-size 128 --rounds 3 --nodes 3]``
-(``--width 32 --image-size 224`` is the case study's 26 MB model; slow on 2 cores).
+Usage: ``python benchmarks/flower_round.py [--wire-dtype float16] [--width 16 --image-size 128]``.
 """
 
 from __future__ import annotations
@@ -28,20 +25,22 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fedcloud.core.flower import quiet_flower_here
 from fedcloud.local.localfed import LocalFederation, local_federation
 from fedcloud.local.synth import generate
+from fl.app.protocol import WIRE_DTYPES, traffic
 from fl.app.runconfig import MODEL_CLASSES, RunConfig
 from fl.app.task import build_model, model_bytes
-from fl.initializer.training import CONNECTION, start_training
+from fl.initializer.training import TrainingResult, start_training
 
 LINK_HOST = "127.0.2.101"
 
@@ -49,8 +48,9 @@ LINK_HOST = "127.0.2.101"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="covid_cnn", choices=sorted(MODEL_CLASSES))
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--wire-dtype", default="float32", choices=sorted(WIRE_DTYPES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--train-images", type=int, default=60, help="per participant")
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                     num_classes=MODEL_CLASSES[args.model], rounds=args.rounds,
                     local_epochs=args.epochs, batch_size=16, learning_rate=0.02,
                     fraction_train=1.0, min_nodes=args.nodes, phase_timeout_s=600,
-                    node_wait_s=120, seed=1)
+                    node_wait_s=120, seed=1, wire_dtype=args.wire_dtype)
     size = model_bytes(build_model(cfg.model_spec()))
     names = [f"p{i + 1}" for i in range(args.nodes)]
     root = Path(tempfile.mkdtemp(prefix="fedcloud-bench-"))
@@ -89,61 +89,57 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
 
+def _train(fed: LocalFederation, cfg: RunConfig, name: str) -> tuple[TrainingResult, float]:
+    started = time.monotonic()
+    result = start_training(superlink=fed.link.address, ca_cert=fed.certs.ca.cert,
+                            node_keys=fed.node_keys, run_config=cfg,
+                            state_dir=fed.root / f"state-{name}", cli=fed.cli)
+    return result, time.monotonic() - started
+
+
 def _run(fed: LocalFederation, cfg: RunConfig, args: argparse.Namespace, size: int,
          image_size: int) -> int:
     """Train on the running federation and print the round figures; return the exit code."""
-    link, certs, cli, keys, root = fed.link, fed.certs, fed.cli, fed.node_keys, fed.root
-    traffic: list[int] = []
-    run_id: list[int] = []
-
-    def on_line(line: str) -> None:
-        if not run_id and "Successfully started run" in line:
-            run_id.append(int(line.rsplit(" ", 1)[-1]))
-
-    def on_round(_doc: dict[str, Any]) -> None:
-        if run_id:
-            info = cli.run_info(CONNECTION, run_id[0])
-            traffic.append(info.inbound_bytes + info.outbound_bytes)
-
-    started = time.monotonic()
-    result = start_training(superlink=link.address, ca_cert=certs.ca.cert, node_keys=keys,
-                            run_config=cfg, state_dir=root / "state", cli=cli,
-                            on_round=on_round, on_line=on_line)
-    total_s = time.monotonic() - started
-    if result.status != "COMPLETED":
-        print(json.dumps({"error": result.status, "detail": result.detail}))
-        return 1
-    rounds = []
-    previous = 0
-    for i, rnd in enumerate(result.rounds):
-        cumulative = traffic[i] if i < len(traffic) else result.network_bytes
-        rounds.append({
-            "round": rnd["round"],
-            "wall_s": round(rnd["round_wall_s"], 2),
-            "max_client_train_s": round(rnd["max_client_train_s"], 3),
-            "network_bytes": cumulative - previous,
-            "train_phase_s": round(rnd["train_phase_s"], 2),
-            "evaluate_phase_s": round(rnd["evaluate_phase_s"], 2),
-            "accuracy": round(rnd["metrics"]["accuracy"], 3),
-        })
-        previous = cumulative
-    wall = sum(r["wall_s"] for r in rounds)
-    train = sum(r["max_client_train_s"] for r in rounds)
-    per_round_messages = 3 * args.nodes  # train down + train up + evaluate down
+    one, _ = _train(fed, replace(cfg, rounds=1), "one-round")
+    result, total_s = _train(fed, cfg, "main")
+    for res in (one, result):
+        if res.status != "COMPLETED":
+            print(json.dumps({"error": res.status, "detail": res.detail}))
+            return 1
+    rounds = [{
+        "round": rnd["round"],
+        "wall_s": round(rnd["round_wall_s"], 2),
+        "max_client_train_s": round(rnd["max_client_train_s"], 3),
+        "overhead_s": round(rnd["round_wall_s"] - rnd["max_client_train_s"], 2),
+        "phases": rnd.get("phases"),
+        "accuracy": round(rnd["metrics"]["accuracy"], 4),
+    } for rnd in result.rounds]
+    declared = traffic(cfg.wire_dtype)
+    down, up = declared.job_bytes(size, args.nodes, cfg.rounds)
+    per_round = (result.network_bytes - one.network_bytes) / max(cfg.rounds - 1, 1)
+    copies = per_round / size
+    final_copies = (one.network_bytes - per_round) / size
     out = {
         "model": args.model, "width": args.width, "image_size": image_size,
         "nodes": args.nodes, "train_images_per_node": args.train_images,
-        "model_bytes": size,
-        "overhead_ratio": round(wall / train, 2) if train else None,
+        "rounds_run": cfg.rounds, "wire_dtype": cfg.wire_dtype, "model_bytes": size,
+        "overhead_s_per_round": round(statistics.median(r["overhead_s"] for r in rounds), 2),
+        "overhead_ratio": round(statistics.median(
+            r["wall_s"] / r["max_client_train_s"] for r in rounds), 2),
+        "phases_per_round": max(int(r["phases"] or 0) for r in rounds),
+        "model_copies_per_round": round(copies, 3),
+        "model_copies_per_round_declared": declared.round_copies() * args.nodes
+        * declared.wire_ratio,
+        "final_eval_copies": round(final_copies, 3),
+        "wire_bytes_measured": result.network_bytes,
+        "wire_bytes_predicted": int(down + up),
+        "wire_bytes_error_pct": round(100 * (result.network_bytes - (down + up))
+                                      / (down + up), 2),
+        "accuracy_last_round": rounds[-1]["accuracy"],
         "rounds": rounds,
-        "expected_bytes_per_round": size * per_round_messages,
-        "network_bytes_per_round_mean": result.network_bytes // max(len(rounds), 1),
-        "model_transfers_per_round": round(
-            result.network_bytes / max(len(rounds), 1) / size, 3),
-        "superexec_poll_s": args.superexec_poll_s,
+        "superexec_poll_s": os.environ.get("FLWR_SUPEREXEC_TASK_POLL_INTERVAL"),
         "run_total_s": round(total_s, 1),
         "flower_elapsed_s": round(result.elapsed_s, 1),
-        "network_bytes_total": result.network_bytes,
     }
     print(json.dumps(out, indent=1))
     return 0

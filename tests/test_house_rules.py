@@ -16,7 +16,7 @@ MAX_MODULE_DOCSTRING_LINES = 12
 # Words about people or how the work was organised; code speaks of the product only.
 FORBIDDEN = re.compile(r"the lead|the brief|flower engineer|the engineer", re.IGNORECASE)
 # The one atomic-write helper, and the Flower app's own copy (the app ships alone in the FAB).
-ATOMIC_WRITERS = {"fedcloud/core/files.py", "fl/app/store.py"}
+ATOMIC_WRITERS = {"fedcloud/core/files.py", "fl/app/cache.py"}
 
 
 def sources() -> list[Path]:

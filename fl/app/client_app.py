@@ -1,10 +1,12 @@
 """The Flower ClientApp: runs on each participant's SuperNode, on that participant's data only.
 
-Thin: it reads the run config (``context.run_config``) and the node's data directory
-(``context.node_config["data-dir"]``, set by ``fl/orchestrator/supernode.py``), and calls
-``fl/app/task.py``.
-Each reply carries exactly one MetricRecord with ``num-examples`` (and one ArrayRecord for
-train), plus a ConfigRecord naming the participant for the per-client figures.
+Thin: it reads the run config (``context.run_config``) and the node config (``data-dir``, set
+by ``fl/orchestrator/supernode.py``; optional ``cache-dir``), and calls ``fl/app/task.py``.
+One message a round (``fl/app/protocol.py``): the ``train`` handler evaluates the global model
+it received on the local test split, trains it, and returns the update (as ``wire-dtype``) with
+both metric sets; ``evaluate`` serves the run's final evaluation. Each reply carries one
+MetricRecord (``num-examples`` = training examples, the FedAvg weight) and a ConfigRecord
+naming the participant.
 """
 
 from __future__ import annotations
@@ -15,27 +17,41 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
 from fl.app import task
-from fl.app.data import Split, load_split
-from fl.app.runconfig import NODE_DATA_DIR, NODE_PARTICIPANT, NODE_TORCH_THREADS, RunConfig
+from fl.app.cache import load_split_cached
+from fl.app.data import Split
+from fl.app.runconfig import (
+    NODE_CACHE_DIR,
+    NODE_DATA_DIR,
+    NODE_PARTICIPANT,
+    NODE_TORCH_THREADS,
+    RunConfig,
+)
+from fl.app.wire import from_record, to_record
 
 app = ClientApp()
 
 
-def _setup(msg: Message, context: Context, split: str) -> tuple[RunConfig, nn.Module, Split]:
+def _setup(msg: Message, context: Context) -> tuple[RunConfig, nn.Module]:
     cfg = RunConfig.from_flower(context.run_config)
     threads = int(str(context.node_config.get(NODE_TORCH_THREADS, 0)))
     if threads > 0:  # several SuperNodes sharing a host must not oversubscribe its cores
         torch.set_num_threads(threads)
-    data_dir = Path(str(context.node_config[NODE_DATA_DIR]))
     model = task.build_model(cfg.model_spec())
-    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-    data = load_split(cfg.model, data_dir, split, cfg.image_size)
-    return cfg, model, data
+    state = from_record(msg.content.array_records["arrays"])
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    return cfg, model
+
+
+def _data(cfg: RunConfig, context: Context, split: str) -> Split:
+    data_dir = Path(str(context.node_config[NODE_DATA_DIR]))
+    cache = str(context.node_config.get(NODE_CACHE_DIR, "") or "")
+    return load_split_cached(cfg.model, data_dir, split, cfg.image_size,
+                             Path(cache) if cache else None)
 
 
 def delay_drawn(seed: int, client: str, server_round: int, prob: float) -> bool:
@@ -51,11 +67,22 @@ def _client_record(context: Context) -> ConfigRecord:
     return ConfigRecord({"participant": str(context.node_config.get(NODE_PARTICIPANT, ""))})
 
 
+def _evaluation(cfg: RunConfig, model: nn.Module,
+                data: Split) -> dict[str, int | float | list[int] | list[float]]:
+    started = time.perf_counter()
+    loss, cm = task.evaluate(model, data.x, data.y, num_classes=cfg.num_classes)
+    return {"eval-examples": int(data.y.shape[0]), "eval-loss": float(loss),
+            "confusion": [int(v) for v in np.asarray(cm).reshape(-1)],
+            "eval-time-s": time.perf_counter() - started}
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the received global model on the local training split."""
-    cfg, model, data = _setup(msg, context, "train")
+    """Evaluate the received global model on the test split, then train it on the train split."""
+    cfg, model = _setup(msg, context)
     server_round = int(str(msg.content.config_records["config"]["server-round"]))
+    evaluated = _evaluation(cfg, model, _data(cfg, context, "test"))
+    data = _data(cfg, context, "train")
     stats = task.train(model, data.x, data.y, epochs=cfg.local_epochs,
                        batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                        seed=cfg.seed + server_round)
@@ -73,22 +100,18 @@ def train(msg: Message, context: Context) -> Message:
         "train-loss": float(stats["train_loss"]),
         "train-time-s": float(stats["train_time_s"]),
         "delay-s": delayed,
+        **evaluated,
     })
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    content = RecordDict({"arrays": to_record(state, cfg.wire_dtype),
                           "metrics": metrics, "client": _client_record(context)})
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate the received global model on the local test split (loss + confusion matrix)."""
-    cfg, model, data = _setup(msg, context, "test")
-    loss, cm = task.evaluate(model, data.x, data.y,
-                             num_classes=cfg.num_classes)
-    metrics = MetricRecord({
-        "num-examples": int(data.y.shape[0]),
-        "eval-loss": float(loss),
-        "confusion": [int(v) for v in np.asarray(cm).reshape(-1)],
-    })
+    """Evaluate the received global model on the local test split (the run's last model)."""
+    cfg, model = _setup(msg, context)
+    metrics = MetricRecord(_evaluation(cfg, model, _data(cfg, context, "test")))
     content = RecordDict({"metrics": metrics, "client": _client_record(context)})
     return Message(content=content, reply_to=msg)

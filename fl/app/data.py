@@ -7,9 +7,9 @@
   pickled ``data_batch_1`` .. ``data_batch_5`` and ``test_batch`` (``b"data"``: N x 3072 uint8,
   channel-major; ``b"labels"``).
 
-Both return float32 arrays ``N x C x H x W`` scaled to [-1, 1] and int64 labels. This module
-travels inside the FAB and runs on the participants' VMs: it imports no Flower, SSH or project
-configuration code.
+Both decode to uint8 ``N x C x H x W`` and int64 labels (``fl/app/cache.py`` keeps that per
+node); :func:`scaled` gives the model's float32 input in [-1, 1]. It travels in the FAB:
+no Flower, SSH or project configuration import.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _check_split(split: str) -> None:
 
 
 def load_covid(data_dir: Path, split: str, image_size: int) -> Split:
-    """Load one split of the Kaggle Covid-19 layout as grayscale ``N x 1 x S x S``.
+    """Load one split of the Kaggle Covid-19 layout as grayscale uint8 ``N x 1 x S x S``.
 
     Raises:
         AppError: The split or a class folder is missing, or an image cannot be read.
@@ -84,9 +84,8 @@ def load_covid(data_dir: Path, split: str, image_size: int) -> Split:
                                "remove or replace the corrupt file.") from None
             ys.append(label)
     if not xs:
-        return Split(np.zeros((0, 1, image_size, image_size), np.float32), np.zeros(0, np.int64))
-    x = np.stack(xs)[:, None, :, :].astype(np.float32) / 127.5 - 1.0
-    return Split(x, np.asarray(ys, dtype=np.int64))
+        return Split(np.zeros((0, 1, image_size, image_size), np.uint8), np.zeros(0, np.int64))
+    return Split(np.stack(xs)[:, None, :, :], np.asarray(ys, dtype=np.int64))
 
 
 def cifar_root(data_dir: Path) -> Path:
@@ -97,7 +96,7 @@ def cifar_root(data_dir: Path) -> Path:
 
 
 def load_cifar(data_dir: Path, split: str) -> Split:
-    """Load one split of CIFAR-10's python batches as RGB ``N x 3 x 32 x 32``.
+    """Load one split of CIFAR-10's python batches as RGB uint8 ``N x 3 x 32 x 32``.
 
     Raises:
         AppError: A batch file is missing or is not a CIFAR-10 batch.
@@ -128,15 +127,33 @@ def load_cifar(data_dir: Path, split: str) -> Split:
                            "download the 'python version' of CIFAR-10 again.")
         xs.append(data)
         ys.append(labels)
-    data = np.concatenate(xs)
-    x = data.reshape(-1, 3, 32, 32).astype(np.float32) / 127.5 - 1.0
-    return Split(x, np.concatenate(ys))
+    return Split(np.concatenate(xs).reshape(-1, 3, 32, 32), np.concatenate(ys))
 
 
-def load_split(model: str, data_dir: Path, split: str, image_size: int) -> Split:
-    """Load the split of the dataset the model is trained on (covid_cnn / cifar_cnn)."""
+def load_raw(model: str, data_dir: Path, split: str, image_size: int) -> Split:
+    """Load the split of the model's dataset as decoded uint8 pixels (covid_cnn / cifar_cnn)."""
     if model == "covid_cnn":
         return load_covid(data_dir, split, image_size)
     if model == "cifar_cnn":
         return load_cifar(data_dir, split)
     raise AppError(f"no dataset loader for model '{model}'.", "use covid_cnn or cifar_cnn.")
+
+
+def source_files(model: str, data_dir: Path, split: str) -> list[Path]:
+    """The files a split is decoded from (what a cached copy must be checked against)."""
+    if model == "cifar_cnn":
+        root = cifar_root(data_dir)
+        names = CIFAR_TRAIN_BATCHES if split == "train" else (CIFAR_TEST_BATCH,)
+        return [root / n for n in names if (root / n).exists()]
+    root = Path(data_dir) / split
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+
+
+def scaled(raw: Split) -> Split:
+    """The model's input: float32 pixels scaled to [-1, 1]."""
+    return Split(raw.x.astype(np.float32) / 127.5 - 1.0, raw.y)
+
+
+def load_split(model: str, data_dir: Path, split: str, image_size: int) -> Split:
+    """Load the split of the dataset the model is trained on, ready for the model."""
+    return scaled(load_raw(model, data_dir, split, image_size))

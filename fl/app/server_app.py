@@ -3,7 +3,7 @@
 Runs on the SuperLink host (the aggregator), started by the SuperLink for each run. Thin: it
 reads ``context.run_config`` (:class:`fl.app.runconfig.RunConfig`), builds the model
 (``fl/app/task.py``), opens the round writer (``fl/app/store.py``, MLflow) when ``tracking-uri``
-is set, and drives :class:`fl.app.strategy.BoundedFedAvg` with ``FedAvg.start``; the strategy
+is set, and runs :class:`fl.app.strategy.BoundedFedAvg` (one exchange per round); the strategy
 records each round and prints its ``FEDCLOUD_ROUND`` line.
 
 It ends with one ``FEDCLOUD_STATUS {json}`` line: ``COMPLETED``; ``NODES_LOST`` when fewer than
@@ -25,7 +25,7 @@ from types import FrameType
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Context
+from flwr.app import Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
@@ -126,7 +126,7 @@ def killed_on_signal(closer: RunCloser,
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run ``num-server-rounds`` of bounded FedAvg and record every round."""
+    """Run ``num-server-rounds`` one-exchange FedAvg rounds and record every round."""
     cfg = RunConfig.from_flower(context.run_config)
     torch.manual_seed(cfg.seed)
     model = task.build_model(cfg.model_spec())
@@ -135,12 +135,11 @@ def main(grid: Grid, context: Context) -> None:
     store_run_id = None if store is None else _start_store_run(store, cfg, context.run_id, size)
     closer = RunCloser(store)
     strategy = BoundedFedAvg(cfg, store)
-    log(INFO, "model %s: %d bytes of parameters", cfg.model, size)
+    log(INFO, "model %s: %d bytes of parameters, sent as %s", cfg.model, size, cfg.wire_dtype)
+    initial = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     with killed_on_signal(closer):
         try:
-            strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
-                           num_rounds=cfg.rounds, timeout=cfg.phase_timeout_s,
-                           evaluate_fn=strategy.checkpoint)
+            strategy.run(grid, initial)
         except Exception as exc:
             lost = isinstance(exc, NodesLostError)
             detail = str(exc) if lost else f"{type(exc).__name__}: {exc}"

@@ -1,41 +1,55 @@
-"""The ServerApp's strategy: FedAvg with bounded waits and one :class:`RoundRecord` per round.
+"""The ServerApp's strategy: FedAvg in one exchange per round, bounded waits, one record per round.
 
-:class:`BoundedFedAvg` waits at most ``node-wait-s`` for ``min-nodes`` nodes in each phase
-(Flower's own sampling waits forever), re-sends a phase to nodes that were lost and rejoined,
-raises :class:`NodesLostError` when too few remain, records who contributed, and checkpoints
-every round to the :class:`fl.app.records.RoundStore`. See fl/README.md, "Bounds (nothing
-waits forever)" and "Per-round records".
+:meth:`BoundedFedAvg.run` sends round r's global model once to the sampled nodes; each reply
+holds the node's evaluation of that model and its trained update (``fl/app/protocol.py``). So
+round r's replies carry the metrics of round r-1's global model, and one final evaluation gives
+the last model's: round r's record is committed with its own model's metrics once they are in.
+Waits are bounded by ``node-wait-s`` and ``phase-timeout-s``; lost nodes that rejoin are sent
+the exchange again; too few replies raise :class:`NodesLostError`. See fl/README.md, "One
+exchange per round", "Bounds (nothing waits forever)" and "Per-round records".
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import random
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
 
 from fl.app import task
+from fl.app.exchange import exchange, online_nodes
 from fl.app.records import CONTRIBUTORS, METRICS, MISSING, RoundRecord, RoundStore
 from fl.app.runconfig import ROUND_MARK, RunConfig
+from fl.app.wire import State, from_record, to_record, weighted_mean
 
 NODE_POLL_S = 1.0
+TRAIN, FINAL = "train", "evaluate"
 
 
 class NodesLostError(RuntimeError):
     """Fewer than ``min-nodes`` participants are connected or replying."""
 
 
-class BoundedFedAvg(FedAvg):
-    """FedAvg whose node sampling and reply counting are bounded and tracked.
+@dataclass
+class Aggregated:
+    """A round's new global model, waiting for its evaluation (the next exchange's replies)."""
+
+    server_round: int
+    state: State
+    train_stats: dict[int, dict[str, Any]]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class BoundedFedAvg:
+    """FedAvg whose rounds are single exchanges, with bounded, tracked node sampling.
 
     Args:
         cfg: The run config.
@@ -43,26 +57,67 @@ class BoundedFedAvg(FedAvg):
     """
 
     def __init__(self, cfg: RunConfig, store: RoundStore | None) -> None:
-        super().__init__(fraction_train=cfg.fraction_train, fraction_evaluate=1.0,
-                         min_train_nodes=cfg.min_nodes, min_evaluate_nodes=cfg.min_nodes,
-                         min_available_nodes=cfg.min_nodes)
         self.cfg = cfg
         self.store = store
         self.dropped: set[int] = set()
         self.sent: dict[str, list[int]] = {}
-        self.train_stats: dict[int, dict[str, Any]] = {}
-        self.pending: dict[int, RoundRecord] = {}
-        self.rounds: list[RoundRecord] = []
-        self.phase_started = 0.0
-        self.round_started = 0.0
-        self.phase_s: dict[str, float] = {}
-        self.grid: Grid | None = None
-        self.phase_args: dict[str, tuple[ArrayRecord, ConfigRecord, str]] = {}
         self.sent_at: dict[str, float] = {}
         self.dropped_at: dict[int, float] = {}
+        self.phase_args: dict[str, tuple[State, int, str]] = {}
+        self.phase_started = 0.0
+        self.phase_s: dict[str, float] = {}
+        self.grid: Grid | None = None
         self.names: dict[int, str] = {}
         self.replied: dict[str, list[int]] = {}
         self.missed: dict[str, list[int]] = {}
+        self.rounds: list[RoundRecord] = []
+        self.initial_metrics: dict[str, float] = {}
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def run(self, grid: Grid, initial: State) -> State:
+        """Run ``num-server-rounds`` exchanges and the final evaluation; return the last model.
+
+        Raises:
+            NodesLostError: A phase had fewer than ``min-nodes`` valid replies.
+        """
+        self.grid = grid
+        state = initial
+        waiting: Aggregated | None = None
+        for server_round in range(1, self.cfg.rounds + 1):
+            started = time.monotonic()
+            replies = self._phase(grid, TRAIN, server_round, state, MessageType.TRAIN)
+            evaluated = self._evaluations(replies)
+            if waiting is None:
+                self.initial_metrics = _global_metrics(evaluated)
+                log(INFO, "round 1: the initial model scored %s", self.initial_metrics)
+            else:
+                self._commit(waiting, evaluated, self._who(self.replied[TRAIN]))
+            waiting = self._aggregate(server_round, state, replies)
+            waiting.extra["round_wall_s"] = time.monotonic() - started
+            state = waiting.state
+        assert waiting is not None  # rounds >= 1 (RunConfig.validate)
+        started = time.monotonic()
+        replies = self._phase(grid, FINAL, self.cfg.rounds, state, MessageType.EVALUATE)
+        waiting.extra["final_evaluate_s"] = time.monotonic() - started
+        self._commit(waiting, self._evaluations(replies), self._who(self.replied[FINAL]))
+        return state
+
+    def _phase(self, grid: Grid, phase: str, server_round: int, state: State,
+               message_type: str) -> list[Message]:
+        nodes = self.select_nodes(grid, phase, server_round)
+        self.phase_args[phase] = (state, server_round, message_type)
+        replies = exchange(grid, self._messages(server_round, state, nodes, message_type),
+                           self.cfg.phase_timeout_s)
+        return self._account(phase, server_round, replies)
+
+    def _messages(self, server_round: int, state: State, node_ids: list[int],
+                  message_type: str) -> list[Message]:
+        # One RecordDict for all nodes: the SuperLink stores the arrays once (content ids).
+        record = RecordDict({"arrays": to_record(state, self.cfg.wire_dtype),
+                             "config": ConfigRecord({"server-round": server_round})})
+        return [Message(content=record, message_type=message_type, dst_node_id=node)
+                for node in node_ids]
 
     # -- sampling ---------------------------------------------------------------------------
 
@@ -90,14 +145,12 @@ class BoundedFedAvg(FedAvg):
             log(INFO, "%s round %s: %d of %d nodes connected, waiting (up to %.0f s)",
                 phase, server_round, len(usable), need, deadline - time.monotonic())
             time.sleep(NODE_POLL_S)
-        fraction = self.cfg.fraction_train if phase == "train" else 1.0
+        fraction = self.cfg.fraction_train if phase == TRAIN else 1.0
         size = min(len(usable), max(int(len(usable) * fraction), need))
         chosen = sorted(random.Random(self.cfg.seed * 1000 + server_round).sample(usable, size))
         self.sent[phase] = chosen
         self.sent_at[phase] = time.time()
         self.phase_started = time.monotonic()
-        if phase == "train":
-            self.round_started = self.phase_started
         log(INFO, "%s round %s: sent to %d of %d connected nodes", phase, server_round,
             len(chosen), len(online))
         return chosen
@@ -112,28 +165,6 @@ class BoundedFedAvg(FedAvg):
                 self.dropped_at.pop(node, None)
                 log(INFO, "node %s (%s) rejoined; sampling it again", node,
                     self.names.get(node, "?"))
-
-    def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                  node_ids: list[int], message_type: str) -> Iterable[Message]:
-        config["server-round"] = server_round
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, node_ids, message_type)
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        """Sample nodes (bounded wait) and build the train messages."""
-        self.grid = grid
-        nodes = self.select_nodes(grid, "train", server_round)
-        self.phase_args["train"] = (arrays, config, MessageType.TRAIN)
-        return self._messages(server_round, arrays, config, nodes, MessageType.TRAIN)
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        """Sample nodes (bounded wait) and build the evaluate messages."""
-        self.grid = grid
-        nodes = self.select_nodes(grid, "evaluate", server_round)
-        self.phase_args["evaluate"] = (arrays, config, MessageType.EVALUATE)
-        return self._messages(server_round, arrays, config, nodes, MessageType.EVALUATE)
 
     def _top_up(self, phase: str, server_round: int, valid: list[Message],
                 missing: list[int]) -> list[Message]:
@@ -159,10 +190,10 @@ class BoundedFedAvg(FedAvg):
             time.sleep(NODE_POLL_S)
         if not back:
             return []
-        arrays, config, message_type = self.phase_args[phase]
+        state, sent_round, message_type = self.phase_args[phase]
         log(INFO, "%s round %s: re-sending to rejoined node(s) %s", phase, server_round, back)
-        messages = self._messages(server_round, arrays, config, back, message_type)
-        replies = self.grid.send_and_receive(messages, timeout=self.cfg.phase_timeout_s)
+        replies = exchange(self.grid, self._messages(sent_round, state, back, message_type),
+                           self.cfg.phase_timeout_s)
         return [m for m in replies if not m.has_error() and int(m.metadata.src_node_id) in back]
 
     def _account(self, phase: str, server_round: int, replies: list[Message]) -> list[Message]:
@@ -194,114 +225,92 @@ class BoundedFedAvg(FedAvg):
             raise NodesLostError(
                 f"round {server_round} {phase}: {len(valid)} valid repl(ies) within "
                 f"{self.cfg.phase_timeout_s:g} s; at least {self.cfg.min_nodes} needed")
-        return valid
+        return sorted(valid, key=lambda m: int(m.metadata.src_node_id))
 
     def _who(self, nodes: Iterable[int]) -> list[str]:
         return sorted(self.names.get(n, f"node {n}") for n in nodes)
 
-    # -- aggregation ------------------------------------------------------------------------
+    # -- aggregation and records ------------------------------------------------------------
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message],
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """FedAvg the valid replies and keep each client's training figures."""
-        valid = self._account("train", server_round, list(replies))
-        self.train_stats = {}
-        for msg in valid:
+    def _aggregate(self, server_round: int, sent: State, replies: list[Message]) -> Aggregated:
+        """FedAvg the updates (float32, weighted by training examples); keep the train figures."""
+        states: list[State] = []
+        weights: list[float] = []
+        stats: dict[int, dict[str, Any]] = {}
+        for msg in replies:
             metrics = msg.content.metric_records["metrics"]
-            self.train_stats[int(msg.metadata.src_node_id)] = {
+            examples = int(_num(metrics["num-examples"]))
+            stats[int(msg.metadata.src_node_id)] = {
                 "train_loss": _num(metrics["train-loss"]),
                 "train_time_s": _num(metrics["train-time-s"]),
+                "eval_time_s": _num(metrics["eval-time-s"]),
                 "delay_s": _num(metrics["delay-s"]),
-                "train_examples": int(_num(metrics["num-examples"])),
+                "train_examples": examples,
             }
-        return super().aggregate_train(server_round, valid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message],
-                           ) -> MetricRecord | None:
-        """Global metrics from the summed confusion matrices, plus per-client figures."""
-        valid = self._account("evaluate", server_round, list(replies))
-        k = self.cfg.num_classes
-        per_client: list[dict[str, Any]] = []
-        evals: list[tuple[int, float, np.ndarray]] = []
-        for msg in sorted(valid, key=lambda m: int(m.metadata.src_node_id)):
-            node = int(msg.metadata.src_node_id)
-            metrics = msg.content.metric_records["metrics"]
-            num = int(_num(metrics["num-examples"]))
-            loss = _num(metrics["eval-loss"])
-            cm = np.asarray(metrics["confusion"], dtype=np.int64).reshape(k, k)
-            evals.append((num, loss, cm))
-            client = {"participant": str(msg.content.config_records["client"]["participant"]),
-                      "node_id": node, "num_examples": num, "loss": loss,
-                      **task.metrics_from_confusion(cm), **self.train_stats.get(node, {})}
-            per_client.append(client)
-        agg = task.aggregate_evaluations(evals)
-        stats = list(self.train_stats.values())
+            states.append(from_record(msg.content.array_records["arrays"]))
+            weights.append(examples)
+        state = weighted_mean(states, weights) if sum(weights) > 0 else sent
+        values = list(stats.values())
         extra = {
-            "train_nodes": len(stats),
-            "max_client_train_s": max((s["train_time_s"] for s in stats), default=0.0),
-            "max_client_delay_s": max((s["delay_s"] for s in stats), default=0.0),
+            "train_nodes": len(values),
+            "max_client_train_s": max((s["train_time_s"] for s in values), default=0.0),
+            "max_client_delay_s": max((s["delay_s"] for s in values), default=0.0),
             "dropped_nodes": sorted(self.dropped),
-            "train_phase_s": self.phase_s.get("train", 0.0),
-            "evaluate_phase_s": self.phase_s.get("evaluate", 0.0),
-            # Who contributed: the participants whose train replies were aggregated.
-            CONTRIBUTORS: self._who(self.replied.get("train", [])),
-            "evaluated_by": self._who(self.replied.get("evaluate", [])),
-            MISSING: self._who(set(self.missed.get("train", []))
-                               | set(self.missed.get("evaluate", []))),
+            "train_phase_s": self.phase_s.get(TRAIN, 0.0),
+            "phases": 1,
+            # Who contributed: the participants whose updates were aggregated.
+            CONTRIBUTORS: self._who(self.replied.get(TRAIN, [])),
+            MISSING: self._who(self.missed.get(TRAIN, [])),
         }
+        return Aggregated(server_round, state, stats, extra)
+
+    def _evaluations(self, replies: list[Message]) -> list[dict[str, Any]]:
+        """Each reply's evaluation of the model it received (sorted by node)."""
+        k = self.cfg.num_classes
+        out = []
+        for msg in replies:
+            metrics = msg.content.metric_records["metrics"]
+            out.append({
+                "node_id": int(msg.metadata.src_node_id),
+                "participant": str(msg.content.config_records["client"]["participant"]),
+                "num_examples": int(_num(metrics["eval-examples"])),
+                "loss": _num(metrics["eval-loss"]),
+                "confusion": np.asarray(metrics["confusion"], dtype=np.int64).reshape(k, k),
+            })
+        return out
+
+    def _commit(self, done: Aggregated, evaluated: list[dict[str, Any]],
+                evaluated_by: list[str]) -> None:
+        """Record round ``done.server_round`` with its own model's metrics; print its line."""
+        agg = task.aggregate_evaluations(
+            (e["num_examples"], e["loss"], e["confusion"]) for e in evaluated)
+        per_client = []
+        for e in evaluated:
+            per_client.append({
+                "participant": e["participant"], "node_id": e["node_id"],
+                "num_examples": e["num_examples"], "loss": e["loss"],
+                **task.metrics_from_confusion(e["confusion"]),
+                **done.train_stats.get(e["node_id"], {})})
         record = RoundRecord(
-            server_round=server_round,
+            server_round=done.server_round,
             metrics={name: float(agg[name]) for name in METRICS},
             per_client=tuple(per_client),
             confusion=tuple(tuple(int(v) for v in row) for row in agg["confusion"]),
-            extra=extra,
+            extra={**done.extra, "evaluated_by": evaluated_by},
         )
-        self.pending[server_round] = record
-        return MetricRecord({name: float(agg[name]) for name in METRICS})
-
-    # -- per-round checkpoint (FedAvg.start calls this after every round) ------------------
-
-    def checkpoint(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Record the round's metrics and the global model; print the round line."""
-        record = self.pending.pop(server_round, None)
-        if record is None:
-            return None  # round 0 (the initial model): nothing evaluated yet
         if self.store is not None:
-            self.store.log_round(record, arrays.to_torch_state_dict())
-        extra = {**record.extra, "round_wall_s": time.monotonic() - self.round_started}
-        record = RoundRecord(server_round=record.server_round, metrics=record.metrics,
-                             per_client=record.per_client, confusion=record.confusion,
-                             extra=extra)
+            self.store.log_round(record, done.state)
         self.rounds.append(record)
         line = {"round": record.server_round, "metrics": dict(record.metrics),
                 "per_client": list(record.per_client), "confusion": record.confusion,
                 **record.extra}
         log(INFO, "%s %s", ROUND_MARK, json.dumps(line, sort_keys=True))
-        return MetricRecord(dict(record.metrics))
 
 
-def online_nodes(grid: Grid) -> dict[int, float | None]:
-    """Node id -> epoch seconds of its last activation (``None`` if the grid does not say).
-
-    A node that died and came back holds a later activation than the phase it missed.
-    """
-    get_nodes = getattr(grid, "get_nodes", None)
-    if get_nodes is None:  # a grid that only lists ids: no rejoin is seen
-        return {int(n): None for n in grid.get_node_ids()}
-    out: dict[int, float | None] = {}
-    for info in get_nodes():
-        out[int(info.node_id)] = _epoch(str(getattr(info, "last_activated_at", "") or ""))
-    return out
-
-
-def _epoch(text: str) -> float | None:
-    try:
-        stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=dt.UTC)
-    return stamp.timestamp()
+def _global_metrics(evaluated: list[dict[str, Any]]) -> dict[str, float]:
+    agg = task.aggregate_evaluations(
+        (e["num_examples"], e["loss"], e["confusion"]) for e in evaluated)
+    return {name: float(agg[name]) for name in METRICS}
 
 
 def _num(value: object) -> float:

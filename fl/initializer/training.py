@@ -84,11 +84,12 @@ def parse_marked(lines: list[str], mark: str) -> list[dict[str, Any]]:
 def run_bound_s(cfg: RunConfig) -> float:
     """Longest a run may take before the initializer stops it.
 
-    Each round has two phases, each waiting at most ``node-wait-s`` for nodes and
-    ``phase-timeout-s`` for replies, and one phase may be sent again to a participant that
-    came back (the same two waits once more); :data:`RUN_SLACK_S` covers start-up.
+    Each round is one exchange, and the run ends with one evaluation (``fl/app/protocol.py``);
+    each waits at most ``node-wait-s`` for nodes and ``phase-timeout-s`` for replies, and may
+    be sent again to a participant that came back (the same two waits once more);
+    :data:`RUN_SLACK_S` covers start-up.
     """
-    return cfg.rounds * 3 * (cfg.node_wait_s + cfg.phase_timeout_s) + RUN_SLACK_S
+    return (cfg.rounds + 1) * 2 * (cfg.node_wait_s + cfg.phase_timeout_s) + RUN_SLACK_S
 
 
 def _nodes_file(cli: FlwrCli) -> Path:

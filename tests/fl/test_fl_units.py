@@ -217,9 +217,11 @@ def test_covid_loader_reads_the_generated_kaggle_layout(tmp_path: Path) -> None:
     for split in ("train", "test"):
         for cls in COVID_CLASSES:
             assert (dirs["a"] / split / cls).is_dir()
-    train = load_covid(dirs["a"], "train", image_size=16)
-    assert train.x.shape == (9, 1, 16, 16) and train.x.dtype == np.float32
-    assert train.x.min() >= -1.0 and train.x.max() <= 1.0
+    raw = load_covid(dirs["a"], "train", image_size=16)
+    assert raw.x.shape == (9, 1, 16, 16) and raw.x.dtype == np.uint8
+    train = load_split("covid_cnn", dirs["a"], "train", 16)
+    assert train.x.dtype == np.float32 and train.x.min() >= -1.0 and train.x.max() <= 1.0
+    assert np.allclose(train.x, raw.x / 127.5 - 1.0, atol=1e-6)
     assert sorted(np.bincount(train.y, minlength=3).tolist()) == [3, 3, 3]  # IID, balanced
     assert len(load_covid(dirs["b"], "test", 16)) == 6
 
@@ -313,7 +315,8 @@ def test_train_then_evaluate_learns_the_synthetic_patterns(tmp_path: Path) -> No
     torch.manual_seed(0)
     torch.set_num_threads(1)
     dirs = generate("covid", tmp_path, ["a"], 60, 30, image_size=32, seed=3)
-    train, test = load_covid(dirs["a"], "train", 32), load_covid(dirs["a"], "test", 32)
+    train = load_split("covid_cnn", dirs["a"], "train", 32)
+    test = load_split("covid_cnn", dirs["a"], "test", 32)
     model = task.build_model({"model": "covid_cnn", "width": 4, "image_size": 32,
                               "num_classes": 3})
     stats = task.train(model, train.x, train.y, epochs=6, batch_size=8, learning_rate=0.05)
@@ -474,15 +477,24 @@ def test_client_app_trains_evaluates_and_applies_the_delay_study(
                           "config": ConfigRecord({"server-round": 1})})
     msg = Message(content=content, dst_node_id=1, message_type="train")
     ctx = Context(run_id=1, node_id=1, state=RecordDict(), run_config=cfg.to_flower(),
-                  node_config={"data-dir": str(data), "participant": "eu", "torch-threads": 1})
+                  node_config={"data-dir": str(data), "participant": "eu", "torch-threads": 1,
+                               "cache-dir": str(tmp_path / "home-cache")})
     reply = client_app.train(msg, ctx)
     metrics = reply.content.metric_records["metrics"]
     assert (metrics["num-examples"], metrics["delay-s"]) == (8, 0.2)
+    # One exchange: the same reply evaluates the received model on the test split.
+    assert metrics["eval-examples"] == 5 and sum(metrics["confusion"]) == 5
     assert reply.content.config_records["client"]["participant"] == "eu"
     assert len(reply.content.array_records["arrays"]) == len(model.state_dict())
     evaluated = client_app.evaluate(msg, ctx).content.metric_records["metrics"]
     confusion = np.asarray(evaluated["confusion"]).reshape(10, 10)
-    assert evaluated["num-examples"] == 5 and confusion.sum() == 5
+    assert evaluated["eval-examples"] == 5 and confusion.sum() == 5
+    assert evaluated["eval-loss"] == metrics["eval-loss"]  # the same received model
+    f16 = replace(cfg, wire_dtype="float16", delay_prob=0.0)
+    ctx.run_config = f16.to_flower()
+    arrays = client_app.train(msg, ctx).content.array_records["arrays"]
+    assert {a.numpy().dtype.name for a in arrays.values()} == {"float16"}
+    assert list((tmp_path / "home-cache").glob("*.npz")), "the decoded splits are cached"
     no_delay = replace(cfg, delay_prob=0.0)
     ctx.run_config = no_delay.to_flower()
     assert client_app.train(msg, ctx).content.metric_records["metrics"]["delay-s"] == 0.0
