@@ -17,7 +17,8 @@ Rates are per participant-task (3 participants x 20 tasks = 60). Prints the issu
 stdout; counts and extra figures (run-level success, injected faults) go to stderr as JSON.
 
 Usage: ``.venv/bin/python benchmarks/orchestrator.py [--tasks 20] [--seed 1] [--no-20x5]``
-(about 25 minutes on 2 cores).
+(about 25 minutes on 2 cores); ``--dispatch-only`` times clean dispatches only
+(benchmarks/README.md, "Orchestrator").
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import json
 import logging
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -181,6 +183,21 @@ def experiment_3x5(root: Path, tasks: int, seed: int, fault_rate: float,
     return out, statistics.median(times), extra
 
 
+def dispatch_3x5(root: Path, runs: int) -> tuple[float, list[float]]:
+    """Only the clean dispatch timing at 3 x 5 (no random or faulty modes)."""
+    bench = build(root / "3x5", ["us", "asia", "eu"], online_timeout_s=60)
+    times: list[float] = []
+    try:
+        for _ in range(runs):
+            outcome, elapsed = orchestrator_task(bench)
+            if not all(outcome.values()):
+                raise SystemExit(f"a clean 3x5 dispatch failed: {outcome}")
+            times.append(elapsed)
+    finally:
+        close(bench)
+    return statistics.median(times), times
+
+
 def experiment_20x5(root: Path, runs: int) -> tuple[float, list[float], int]:
     names = [f"p{i:02d}" for i in range(1, 21)]
     bench = build(root / "20x5", names, online_timeout_s=180)
@@ -205,13 +222,22 @@ def main() -> None:
     parser.add_argument("--fault-rate", type=float, default=0.2, help="per-start failure rate")
     parser.add_argument("--runs-20x5", type=int, default=2, help="dispatches timed at 20x5")
     parser.add_argument("--no-20x5", action="store_true", help="skip the 20x5 timing")
+    parser.add_argument("--dispatch-only", action="store_true",
+                        help="time --tasks clean 3x5 dispatches (and the 20x5 ones) only")
     args = parser.parse_args()
     quiet_flower_here()
+    # A SIGTERM (timeout, Ctrl-C from a wrapper) still stops the emulated VMs and SuperLink.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="fedcloud-orch-bench-") as tmp:
         root = Path(tmp)
-        out, d3, extra = experiment_3x5(root, args.tasks, args.seed, args.fault_rate)
+        if args.dispatch_only:
+            d3, all3 = dispatch_3x5(root, args.tasks)
+            out: dict[str, object] = {}
+            extra: dict[str, object] = {"dispatch_s_3x5_all": [round(t, 2) for t in all3]}
+        else:
+            out, d3, extra = experiment_3x5(root, args.tasks, args.seed, args.fault_rate)
         dispatch: dict[str, float | None] = {"3x5": round(d3, 2), "20x5": None}
         if not args.no_20x5:
             d20, all20, failed20 = experiment_20x5(root, args.runs_20x5)

@@ -18,10 +18,14 @@ from typing import Protocol
 from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
 
 from fedcloud.core.errors import OrchestratorError
+from fl.orchestrator.control import ControlApiLister
 from fl.orchestrator.supernode import MAX_WAIT_TIME_S
 
 NODE_LIST_MAX_AGE_S = 1.0
-"""The SuperLink's node list is fetched at most once per this interval for all participants."""
+"""Through the ``flwr`` CLI, the node list is fetched at most once per this interval for all
+participants."""
+CONTROL_LIST_MAX_AGE_S = 0.1
+"""The same over the Control API in this process (:mod:`fl.orchestrator.control`)."""
 CLOCK_SKEW_S = 5.0
 """Tolerance between this machine's and the SuperLink's clocks when reading ``online-at``."""
 
@@ -111,10 +115,13 @@ def _epoch(text: str) -> float | None:
 
 
 class SuperLinkNodes:
-    """:class:`NodeDirectory` over the SuperLink's node list (``flwr supernode list``).
+    """:class:`NodeDirectory` over the SuperLink's node list.
 
-    One list call (about 1.7 s) serves every participant's thread for
-    :data:`NODE_LIST_MAX_AGE_S`.
+    When the CLI's config (``cli.config_path``) holds the connection, the list comes from the
+    Control API in this process (:class:`fl.orchestrator.control.ControlApiLister`, a few ms;
+    one call serves every participant's thread for :data:`CONTROL_LIST_MAX_AGE_S`); otherwise
+    from ``cli.list_nodes`` (``flwr supernode list``, about 1.7 s, for
+    :data:`NODE_LIST_MAX_AGE_S`).
 
     Args:
         cli: ``fl.initializer.flwr_cli.FlwrCli`` (or anything with ``list_nodes(connection)``).
@@ -126,6 +133,11 @@ class SuperLinkNodes:
         self.cli = cli
         self.connection = connection
         self.node_ids = dict(node_ids)
+        config = getattr(cli, "config_path", None)
+        control = (ControlApiLister.from_config(config, connection)
+                   if isinstance(config, Path) else None)
+        self.lister: NodeLister = control if control is not None else cli
+        self.max_age_s = CONTROL_LIST_MAX_AGE_S if control is not None else NODE_LIST_MAX_AGE_S
         self._lock = threading.Lock()
         self._fetched = float("-inf")
         self._online: dict[int, float | None] = {}
@@ -137,10 +149,11 @@ class SuperLinkNodes:
             raise OrchestratorError(f"participant '{participant}' has no registered node id.",
                                     "register its node key (flwr supernode register) first.")
         with self._lock:
-            if time.monotonic() - self._fetched >= NODE_LIST_MAX_AGE_S:
-                nodes = self.cli.list_nodes(self.connection)
+            asked = time.monotonic()
+            if asked - self._fetched >= self.max_age_s:
+                nodes = self.lister.list_nodes(self.connection)
                 self._online = {int(n.node_id): _epoch(n.online_at) for n in nodes if n.online}
-                self._fetched = time.monotonic()
+                self._fetched = asked  # the list is at least as new as the request
             if node_id not in self._online:
                 return OFFLINE
             came = self._online[node_id]

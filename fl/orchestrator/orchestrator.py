@@ -53,6 +53,7 @@ from fl.orchestrator.scripts import (
     remote_dir,
     start_command,
     stop_command,
+    wait_status,
 )
 from fl.orchestrator.ssh import Session, SshError, Transport
 from fl.orchestrator.watcher import OFFLINE_GRACE_S, WATCH_INTERVAL_S, Watcher
@@ -62,8 +63,12 @@ log = logging.getLogger(__name__)
 RESTART_DELAY_S = 5.0
 """The supervisor waits this long before restarting a dead SuperNode."""
 
-ONLINE_POLL_S = 1.0
-"""Interval between checks of the node list (and of the supervisor) while waiting online."""
+ONLINE_POLL_S = 0.05
+"""First pause between checks of the node list while waiting online (doubling up to the cap)."""
+ONLINE_POLL_CAP_S = 0.5
+"""Longest pause between two checks of the node list while waiting online."""
+WAIT_WINDOW_S = 2.0
+"""Longest wait on the VM (:func:`fl.orchestrator.scripts.wait_command`) between two checks."""
 BACKOFF_CAP_S = 30.0
 """Upper bound on one back-off pause between attempts."""
 REJOIN_TIMEOUT_S = SUPERVISED_REJOIN_S + 15.0
@@ -81,6 +86,8 @@ STALE_SESSION_WAIT_S = 90.0
 """Extra wait when an older session still holds the node id (heartbeat 30 s x 2 + a restart)."""
 STOP_COMMAND_TIMEOUT_S = STOP_WAIT_S + 10
 """Bound on a whole stop command (its own SIGTERM wait plus the shell's)."""
+MAX_DISPATCH_WORKERS = 64
+"""Participants dispatched at once (threads, mostly waiting on SSH and the SuperLink)."""
 PERMANENT_KINDS = frozenset({"hostkey", "auth", "config"})
 """SSH failure kinds that retrying the same VM cannot fix."""
 
@@ -163,6 +170,9 @@ class Orchestrator:
                  probes: Mapping[str, ProbeResult] | None = None) -> DispatchResult:
         """Probe, filter and start every participant's SuperNode, all in parallel.
 
+        Each participant goes through probe, filter, start and online confirmation in its own
+        thread (at most :data:`MAX_DISPATCH_WORKERS` at a time), independently of the others.
+
         Args:
             names: Participants to dispatch (default: all).
             probes: Reuse these probe results (default: probe now).
@@ -171,12 +181,11 @@ class Orchestrator:
             The per-participant result map; it never raises for one participant's failure.
         """
         chosen = list(names or self.participants)
-        if probes is None:
-            probes = self.probe(chosen)
         result = DispatchResult()
-        with ThreadPoolExecutor(max_workers=max(1, len(chosen)),
+        with ThreadPoolExecutor(max_workers=max(1, min(MAX_DISPATCH_WORKERS, len(chosen))),
                                 thread_name_prefix="dispatch") as pool:
-            futures = {name: pool.submit(self.dispatch_one, name, probes) for name in chosen}
+            futures = {name: pool.submit(self._probe_and_dispatch, name, probes)
+                       for name in chosen}
             for name, future in futures.items():
                 try:
                     result[name] = future.result()
@@ -186,6 +195,12 @@ class Orchestrator:
         if names is None:
             self.last_dispatch = result
         return result
+
+    def _probe_and_dispatch(self, name: str,
+                            probes: Mapping[str, ProbeResult] | None) -> ParticipantResult:
+        # Each participant probes its own VMs and starts at once: no wait for the slowest
+        # participant's probes.
+        return self.dispatch_one(name, self.probe([name]) if probes is None else probes)
 
     def dispatch_one(self, name: str, probes: Mapping[str, ProbeResult],
                      exclude: Sequence[str] = (), rejoin: bool = False) -> ParticipantResult:
@@ -307,7 +322,8 @@ class Orchestrator:
         timeout = max(self.settings.online_timeout_s, REJOIN_TIMEOUT_S if rejoin else 0.0)
         tolerated = REJOIN_TOLERATED_EXITS if rejoin else 0
         deadline = time.monotonic() + timeout
-        stale_seen = False
+        stale_seen = joined = False
+        pause = ONLINE_POLL_S
         while True:
             state = self.nodes.node_state(name, since=started_at)
             if state == ONLINE:
@@ -317,7 +333,11 @@ class Orchestrator:
                 # the key until that session's heartbeat expires; the supervisor retries.
                 stale_seen = True
                 deadline = max(deadline, time.monotonic() + STALE_SESSION_WAIT_S)
-            status = read_status(session, directory)
+            # The VM waits (bounded) for the node's log to say the SuperLink activated it, for
+            # an exit or for the supervisor's death: no SSH round trip per poll.
+            window = min(WAIT_WINDOW_S, max(0.0, deadline - time.monotonic()))
+            began = time.monotonic()
+            status = wait_status(session, directory, window, exits_seen=tolerated)
             if status.exits > tolerated and state != STALE:
                 tail = session.run(log_tail_command(directory)).stdout
                 tail = " | ".join(line.strip() for line in tail.splitlines() if line.strip())
@@ -326,8 +346,15 @@ class Orchestrator:
             if not status.supervisor_alive:
                 raise StartFailed("start", "the supervisor died")
             if time.monotonic() >= deadline:
-                raise StartFailed("online", f"not online at the SuperLink within {timeout:g} s")
-            self.sleep(ONLINE_POLL_S)
+                raise StartFailed("online", f"SuperNode of {name} not online at the SuperLink "
+                                  f"within {timeout:g} s")
+            first_join = status.joined and not joined
+            joined = joined or status.joined
+            if not first_join and time.monotonic() - began < window / 2:
+                # Back from the VM early with nothing new (or the SuperLink's list lags the
+                # node's own log): a short, growing pause before asking again.
+                self.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(pause * 2, ONLINE_POLL_CAP_S)
 
     def _cleanup(self, session: Session, directory: str) -> None:
         with contextlib.suppress(SshError):

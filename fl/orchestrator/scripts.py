@@ -37,7 +37,12 @@ FLWR_HOME = "flwr-home"
 
 FAST_EXIT_S = 30
 """A SuperNode that exits sooner than this after its start never joined (a refused start)."""
-
+JOINED_LINE = "SuperNode ID:"
+"""What flower-supernode 1.41 logs once the SuperLink has activated it (``ActivateNode`` done)."""
+WAIT_STEP_S = 0.2
+"""Poll interval of :func:`wait_command` on the VM (a file check, no SSH round trip)."""
+WAIT_COMMAND_SLACK_S = 30.0
+"""Allowance on top of a wait command's window for a loaded VM (a status read's old bound)."""
 
 
 def supervisor_script(fast_exit_s: int = FAST_EXIT_S) -> str:
@@ -132,6 +137,7 @@ def prepare_command(directory: str, python: str) -> str:
                  'echo "dir=$(pwd -P)"\n'
                  + _STOP_BODY
                  + f"rm -f {STOP_FILE} {EXITS_FILE}\n"
+                 + f"if [ -e {LOG_FILE} ]; then mv -f {LOG_FILE} {LOG_FILE}.1; fi\n"
                  + f"{shlex.quote(python)} -c {shlex.quote(_FREE_PORT_PY)}\n")
 
 
@@ -195,6 +201,36 @@ def status_command(directory: str) -> str:
             f"echo \"last_at=$(tail -n 1 {EXITS_FILE} 2>/dev/null | cut -d' ' -f3)\"\n")
 
 
+def wait_command(directory: str, window_s: float, exits_seen: int = 0) -> str:
+    """Wait on the VM, up to ``window_s``, for the SuperNode to join, exit, or lose its supervisor.
+
+    Prints what :func:`status_command` prints, then ``joined=1`` once the log (rotated by
+    :func:`prepare_command`) holds :data:`JOINED_LINE`, else ``joined=0``. It returns early on
+    the first of: joined, more than ``exits_seen`` exits, the supervisor gone. The loop uses
+    shell built-ins only (one ``sleep`` per step), so many waiting VMs cost little CPU.
+    """
+    steps = max(1, math.ceil(window_s / WAIT_STEP_S))
+    return (f"cd {shlex.quote(directory)} 2>/dev/null || {{ echo alive=0; exit 0; }}\n"
+            f"pg=$(cat {SUPERVISOR_PID} 2>/dev/null)\n"
+            "joined() {\n"
+            f"  [ -e {LOG_FILE} ] || return 1\n"
+            f"  while IFS= read -r line; do case $line in *{shlex.quote(JOINED_LINE)}*) return 0;;"
+            f" esac; done < {LOG_FILE}\n"
+            "  return 1\n}\n"
+            "count_exits() {\n"
+            f"  n=0; [ -e {EXITS_FILE} ] || return 0\n"
+            f"  while IFS= read -r _; do n=$((n + 1)); done < {EXITS_FILE}\n"
+            "}\n"
+            f"i=0\nwhile [ \"$i\" -lt {steps} ]; do\n"
+            "  joined && break\n"
+            f"  count_exits; [ \"$n\" -gt {int(exits_seen)} ] && break\n"
+            '  if [ -z "$pg" ] || [ ! -e "/proc/$pg" ]; then break; fi\n'
+            f"  sleep {WAIT_STEP_S:g}; i=$((i + 1))\n"
+            "done\n"
+            + status_command(directory)
+            + "if joined; then echo joined=1; else echo joined=0; fi\n")
+
+
 def stop_command(directory: str) -> str:
     """Stop the supervisor in ``directory`` and remove the node key (nothing to do: exit 0)."""
     return quiet(f"cd {shlex.quote(directory)} 2>/dev/null || exit 0\n{_STOP_BODY}")
@@ -223,15 +259,30 @@ class NodeStatus:
     exits: int
     last_exit: int | None
     last_exit_at: float | None = None
+    joined: bool = False
 
 
 def read_status(session: Session, directory: str) -> NodeStatus:
     """Read a placement's supervisor state over an open session."""
-    fields = parse_fields(session.run(status_command(directory)).stdout)
+    return parse_status(session.run(status_command(directory)).stdout)
+
+
+def wait_status(session: Session, directory: str, window_s: float,
+                exits_seen: int = 0) -> NodeStatus:
+    """Run :func:`wait_command` (bounded by ``window_s`` plus the command's own allowance)."""
+    res = session.run(wait_command(directory, window_s, exits_seen),
+                      timeout_s=window_s + WAIT_COMMAND_SLACK_S)
+    return parse_status(res.stdout)
+
+
+def parse_status(text: str) -> NodeStatus:
+    """Read the output of :func:`status_command` or :func:`wait_command`."""
+    fields = parse_fields(text)
     last = fields.get("last", "")
     exits = fields.get("exits", "")
     at = fields.get("last_at", "")
     return NodeStatus(supervisor_alive=fields.get("alive") == "1",
                       exits=int(exits) if exits.isdigit() else 0,
                       last_exit=int(last) if last.lstrip("-").isdigit() else None,
-                      last_exit_at=float(at) if at.isdigit() else None)
+                      last_exit_at=float(at) if at.isdigit() else None,
+                      joined=fields.get("joined") == "1")

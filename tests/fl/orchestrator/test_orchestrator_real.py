@@ -27,10 +27,12 @@ from fl.initializer.flwr_cli import FlwrCli
 from fl.initializer.superlink import SuperLinkProcess
 from fl.initializer.training import CONNECTION
 from fl.orchestrator import NodeLaunch, Orchestrator, SuperLinkNodes
+from fl.orchestrator.control import ControlApiLister
 from fl.orchestrator.results import StartFailed
 from fl.orchestrator.rotation import rotation
-from fl.orchestrator.scripts import KEY_FILE
+from fl.orchestrator.scripts import KEY_FILE, SUPERNODE_PID
 from fl.orchestrator.ssh import ParamikoTransport
+from fl.orchestrator.supernode import SUPEREXEC_TASK_POLL_ENV, SUPEREXEC_TASK_POLL_S
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +93,27 @@ def _wait(predicate: object, timeout_s: float) -> bool:
     return False
 
 
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().partition("=")[::2] for item in raw if item)
+
+
+def _superexec_of(supernode_pid: int) -> int | None:
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if (any(a.endswith(b"flower-superexec") for a in argv)
+                    and str(supernode_pid).encode() in argv):
+                return int(proc.name)
+    return None
+
+
 def test_dispatch_shows_every_supernode_online(fed: Fed) -> None:
+    # The node list comes from the Control API in this process, not a `flwr` CLI per poll.
+    assert isinstance(fed.nodes.lister, ControlApiLister)
     result = fed.orch.dispatch()
     assert result.ok, [r.summary() for r in result.values()]
     for name in NAMES:
@@ -106,6 +128,14 @@ def test_dispatch_shows_every_supernode_online(fed: Fed) -> None:
     assert key.stat().st_mode & 0o777 == 0o600
     # The SSH session is closed; the supervisor (its own session) still runs.
     assert os.getsid(placement.supervisor_pid) == placement.supervisor_pid
+    # The SuperExec's task poll reaches the remote SuperNode and the SuperExec it starts.
+    node_pid = int((Path(placement.remote_dir) / SUPERNODE_PID).read_text())
+    poll = f"{SUPEREXEC_TASK_POLL_S:g}"
+    assert _environ(node_pid)[SUPEREXEC_TASK_POLL_ENV] == poll
+    assert _wait(lambda: _superexec_of(node_pid) is not None, 15)
+    superexec = _superexec_of(node_pid)
+    assert superexec is not None
+    assert _environ(superexec)[SUPEREXEC_TASK_POLL_ENV] == poll
     assert fed.orch.stop(result.placements()) == {"us": None, "eu": None}
     assert not key.exists()
     assert not Path(f"/proc/{placement.supervisor_pid}").exists() or "Z" in Path(

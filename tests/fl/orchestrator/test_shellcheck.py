@@ -1,6 +1,6 @@
 """ShellCheck on every shell script sent to (or run on) a participant's VM, rendered for real.
 
-The orchestrator's supervisor, launch, prepare, start, status, stop and log-tail commands, the
+The orchestrator's supervisor, launch, prepare, start, status, wait, stop and log-tail commands, the
 probe, and the emulated VMs' venv wrappers, each rendered with realistic values and checked with
 ``shellcheck`` for the shell it declares (``sh`` when it declares none: an SSH command runs in
 the login shell, which may be ``dash``). Any finding, of any severity, fails the test.
@@ -27,6 +27,7 @@ from fl.orchestrator.scripts import (
     start_command,
     status_command,
     stop_command,
+    wait_command,
 )
 
 HOME_DIR = "/home/debian/fedcloud/fedcloud-hospital-a"  # a cloud VM: no workDir, resolved
@@ -54,6 +55,7 @@ def _orchestrator_scripts() -> dict[str, str]:
             f"launch.sh ({label})": launch_script(resolved, LAUNCH, "hospital-a", 40123, vm.venv),
             f"start ({label})": start_command(resolved, 15.0),
             f"status ({label})": status_command(resolved),
+            f"wait ({label})": wait_command(resolved, 4.0, 2),
             f"stop ({label})": stop_command(resolved),
             f"stop, declared dir ({label})": stop_command(declared),
             f"log tail ({label})": log_tail_command(resolved),
