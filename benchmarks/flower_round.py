@@ -112,6 +112,7 @@ def _run(fed: LocalFederation, cfg: RunConfig, args: argparse.Namespace, size: i
         "max_client_train_s": round(rnd["max_client_train_s"], 3),
         "overhead_s": round(rnd["round_wall_s"] - rnd["max_client_train_s"], 2),
         "phases": rnd.get("phases"),
+        "max_client_process_s": round(rnd.get("max_client_process_s", -1.0), 2),
         "accuracy": round(rnd["metrics"]["accuracy"], 4),
     } for rnd in result.rounds]
     declared = traffic(cfg.wire_dtype)
@@ -136,6 +137,8 @@ def _run(fed: LocalFederation, cfg: RunConfig, args: argparse.Namespace, size: i
         "wire_bytes_error_pct": round(100 * (result.network_bytes - (down + up))
                                       / (down + up), 2),
         "accuracy_last_round": rounds[-1]["accuracy"],
+        "final_evaluate_s": round(result.rounds[-1].get("final_evaluate_s", 0.0), 2),
+        "final_client_process_s": round(result.rounds[-1].get("final_client_process_s", 0.0), 2),
         "rounds": rounds,
         "superexec_poll_s": os.environ.get("FLWR_SUPEREXEC_TASK_POLL_INTERVAL"),
         "run_total_s": round(total_s, 1),

@@ -11,6 +11,7 @@ naming the participant.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from pathlib import Path
@@ -52,6 +53,22 @@ def _data(cfg: RunConfig, context: Context, split: str) -> Split:
     cache = str(context.node_config.get(NODE_CACHE_DIR, "") or "")
     return load_split_cached(cfg.model, data_dir, split, cfg.image_size,
                              Path(cache) if cache else None)
+
+
+def process_age_s() -> float:
+    """Seconds since this ``flwr-clientapp`` process started (Linux ``/proc``; -1 elsewhere).
+
+    Reported in every reply so a round's time outside training can be split into the process's
+    own start-up (imports, FAB, data) and what happens around it (polls, transfers).
+    """
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as uptime:
+            now = float(uptime.read().split()[0])
+        return now - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return -1.0
 
 
 def delay_drawn(seed: int, client: str, server_round: int, prob: float) -> bool:
@@ -101,6 +118,7 @@ def train(msg: Message, context: Context) -> Message:
         "train-time-s": float(stats["train_time_s"]),
         "delay-s": delayed,
         **evaluated,
+        "process-s": process_age_s(),
     })
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     content = RecordDict({"arrays": to_record(state, cfg.wire_dtype),
@@ -112,6 +130,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the local test split (the run's last model)."""
     cfg, model = _setup(msg, context)
-    metrics = MetricRecord(_evaluation(cfg, model, _data(cfg, context, "test")))
+    metrics = MetricRecord({**_evaluation(cfg, model, _data(cfg, context, "test")),
+                            "process-s": process_age_s()})
     content = RecordDict({"metrics": metrics, "client": _client_record(context)})
     return Message(content=content, reply_to=msg)

@@ -100,6 +100,9 @@ class BoundedFedAvg:
         started = time.monotonic()
         replies = self._phase(grid, FINAL, self.cfg.rounds, state, MessageType.EVALUATE)
         waiting.extra["final_evaluate_s"] = time.monotonic() - started
+        waiting.extra["final_client_process_s"] = max(
+            (_num(m.content.metric_records["metrics"].get("process-s", -1.0)) for m in replies),
+            default=0.0)
         self._commit(waiting, self._evaluations(replies), self._who(self.replied[FINAL]))
         return state
 
@@ -245,6 +248,7 @@ class BoundedFedAvg:
                 "train_time_s": _num(metrics["train-time-s"]),
                 "eval_time_s": _num(metrics["eval-time-s"]),
                 "delay_s": _num(metrics["delay-s"]),
+                "process_s": _num(metrics.get("process-s", -1.0)),
                 "train_examples": examples,
             }
             states.append(from_record(msg.content.array_records["arrays"]))
@@ -255,6 +259,8 @@ class BoundedFedAvg:
             "train_nodes": len(values),
             "max_client_train_s": max((s["train_time_s"] for s in values), default=0.0),
             "max_client_delay_s": max((s["delay_s"] for s in values), default=0.0),
+            # The slowest ClientApp process, start-up to reply (imports, data, eval, train).
+            "max_client_process_s": max((s["process_s"] for s in values), default=0.0),
             "dropped_nodes": sorted(self.dropped),
             "train_phase_s": self.phase_s.get(TRAIN, 0.0),
             "phases": 1,

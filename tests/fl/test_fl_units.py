@@ -482,6 +482,7 @@ def test_client_app_trains_evaluates_and_applies_the_delay_study(
     reply = client_app.train(msg, ctx)
     metrics = reply.content.metric_records["metrics"]
     assert (metrics["num-examples"], metrics["delay-s"]) == (8, 0.2)
+    assert metrics["process-s"] > metrics["train-time-s"]  # this process outlived its training
     # One exchange: the same reply evaluates the received model on the test split.
     assert metrics["eval-examples"] == 5 and sum(metrics["confusion"]) == 5
     assert reply.content.config_records["client"]["participant"] == "eu"
