@@ -7,7 +7,6 @@ whether a node is online; :class:`SuperLinkNodes` implements it over ``flwr supe
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -18,6 +17,7 @@ from typing import Protocol
 from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
 
 from fedcloud.core.errors import OrchestratorError
+from fl.app.exchange import epoch
 from fl.orchestrator.control import ControlApiLister
 from fl.orchestrator.supernode import MAX_WAIT_TIME_S
 
@@ -102,18 +102,6 @@ class NodeLister(Protocol):
         ...
 
 
-def _epoch(text: str) -> float | None:
-    if not text or text == "N/A":
-        return None
-    try:
-        stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=dt.UTC)
-    return stamp.timestamp()
-
-
 class SuperLinkNodes:
     """:class:`NodeDirectory` over the SuperLink's node list.
 
@@ -152,7 +140,7 @@ class SuperLinkNodes:
             asked = time.monotonic()
             if asked - self._fetched >= self.max_age_s:
                 nodes = self.lister.list_nodes(self.connection)
-                self._online = {int(n.node_id): _epoch(n.online_at) for n in nodes if n.online}
+                self._online = {int(n.node_id): epoch(n.online_at) for n in nodes if n.online}
                 self._fetched = asked  # the list is at least as new as the request
             if node_id not in self._online:
                 return OFFLINE
