@@ -82,6 +82,7 @@ def main() -> None:
         ssh_public_key=ssh_public_key, issue_certs=issue_certs,
         tags={**cfg.aggregator.tags, "stack": cfg.stack},
         disk_gb=cfg.aggregator.disk_gb, provider_args=provider_args,
+        market=c.market,  # the plan's pick: onDemand or spot
     ))
     health = SuperLinkHealth("superlink-health", address=vm.superlink_address,
                              ca_cert=vm.ca_cert, probe=health_ok,

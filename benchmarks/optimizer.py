@@ -1,7 +1,8 @@
 """NSGA-II against the exhaustive ground truth on three objectives: hypervolume, picks, time.
 
 Scenarios: the case study, 20 random ones with cost:latency weight pairs, 10 random ones with
-three-weight vectors (half with an emissions limit), and a "VM size" pair (small vs large job).
+three-weight vectors (half with an emissions limit), a "VM size" pair (small vs large job), and
+the case study plus 3 random ones with ``aggregator.market: auto`` (spot and on demand).
 ``hv_ratio`` is NSGA-II's 3-objective front hypervolume over the exhaustive front's (reference:
 the cost and latency limits, the emissions limit or 1.1 x the largest feasible emissions);
 ``same_pick``: every weight picks the same option with both methods. One JSON object is
@@ -103,13 +104,11 @@ def compare(name: str, req: PlanRequest, other_seeds: list[int]) -> dict[str, An
         return hypervolume(f, ref)
 
     hv_ex, hv_ns = hv(ex), hv(ns)
-    picks_ex = [c.point.choice.label for c in ex.choices]
-    picks_ns = [c.point.choice.label for c in ns.choices]
+    picks_ex, picks_ns = picks(ex), picks(ns)
     seeds_ok = True
     for seed in other_seeds:
         other = plan(dataclasses.replace(req, seed=seed), "nsga2")
-        seeds_ok &= (hv(other) >= 0.999 * hv_ex
-                     and [c.point.choice.label for c in other.choices] == picks_ex)
+        seeds_ok &= hv(other) >= 0.999 * hv_ex and picks(other) == picks_ex
     return {
         "name": name,
         "hv_ratio": round(hv_ns / hv_ex, 6) if hv_ex > 0 else 1.0,
@@ -126,7 +125,30 @@ def compare(name: str, req: PlanRequest, other_seeds: list[int]) -> dict[str, An
         "max_co2e_kg": req.max_co2e_kg,
         "other_seeds_match": seeds_ok,
         "picks": picks_ex,
+        "market": req.market,
     }
+
+
+def picks(result: PlanResult) -> list[str]:
+    """Each weight's pick, ``cloud:region/type`` (`` (spot)`` on the spot market)."""
+    return [c.point.choice.label for c in result.choices]
+
+
+def spot_scenarios(case: PlanRequest, count: int, seed: int,
+                   other_seeds: list[int]) -> list[dict[str, Any]]:
+    """The case study and ``count`` random scenarios with both markets (``market: auto``)."""
+    rows = [compare("covid19-auto", dataclasses.replace(case, market="auto"), other_seeds)]
+    rng = random.Random(seed)
+    while len(rows) < 1 + count:
+        values = random_scenario(rng, three=len(rows) % 2 == 0)
+        values["aggregator"] = {**values["aggregator"], "market": "auto"}
+        name = f"auto-{len(rows):02d}"
+        try:
+            rows.append(compare(name, request_of(from_mapping(name, "benchmark", values)),
+                                other_seeds))
+        except PlanError:  # no feasible option: draw another
+            continue
+    return rows
 
 
 def size_scenario(other_seeds: list[int]) -> dict[str, Any]:
@@ -164,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7, help="seed of the random scenarios")
     parser.add_argument("--three-objective", type=int, default=10,
                         help="random scenarios with three-weight vectors")
+    parser.add_argument("--spot-scenarios", type=int, default=3,
+                        help="random scenarios with aggregator.market auto")
     parser.add_argument("--other-nsga2-seeds", default="2,3,4,5",
                         help="also run NSGA-II with these seeds (untimed) and check they match")
     args = parser.parse_args(argv)
@@ -188,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             skipped += 1
     sizes = size_scenario(other_seeds)
     rows.extend(sizes["rows"])
+    rows.extend(spot_scenarios(case, args.spot_scenarios, args.seed + 1, other_seeds))
     hv = [r["hv_ratio"] for r in rows]
     out = {
         "scenarios": rows,
@@ -195,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": {
             "scenarios": len(rows),
             "three_weight_scenarios": sum(any(len(w) == 3 for w in r["weights"]) for r in rows),
+            "market_auto_scenarios": sum(r["market"] == "auto" for r in rows),
             "min_front_size": min(r["front_size"] for r in rows),
             "max_front_size": max(r["front_size"] for r in rows),
             "covid19_front_size": rows[0]["front_size"],

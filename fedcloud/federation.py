@@ -103,6 +103,7 @@ def run_federation(
     *,
     on_dispatched: Callable[[DispatchResult], None] | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
+    on_resume: Callable[[str], None] | None = None,
 ) -> FederationResult:
     """Register the nodes, dispatch one SuperNode per participant, train, pick the best round.
 
@@ -113,6 +114,8 @@ def run_federation(
         transport: The SSH transport to the VMs (host keys pinned).
         on_dispatched: Called once with the dispatch results, before training starts.
         on_round: Called with each round's metrics as they arrive.
+        on_resume: Called with the reason each time the run resumes after its aggregator's
+            loss (the SuperLink restarted by its unit, or its ServerApp died).
 
     Returns:
         The dispatch results, the training result and the best model (a failed run is a
@@ -145,13 +148,45 @@ def run_federation(
                                          experiment=cfg.registry.experiment, stack=cfg.stack)
     try:
         with orchestrator.watcher(placements):
-            trained = start_training(superlink=aggregator.address, ca_cert=aggregator.ca_cert,
-                                     node_keys=public, run_config=run_config,
-                                     state_dir=cfg.state_dir, cli=cli, on_round=on_round)
+            trained = start_training(
+                superlink=aggregator.address, ca_cert=aggregator.ca_cert, node_keys=public,
+                run_config=run_config, state_dir=cfg.state_dir, cli=cli, on_round=on_round,
+                max_resumes=cfg.training.max_resumes if cfg.training.resume else 0,
+                aggregator_wait_s=cfg.training.aggregator_wait_s, on_resume=on_resume)
     finally:
         orchestrator.stop(placements)
     best = best_model(cfg, trained, aggregator.store) if trained.status == "COMPLETED" else None
     return FederationResult(dispatched, trained, best)
+
+
+def pending_resume(cfg: StackConfig, store: str | None) -> str | None:
+    """What the next run will continue, read from a store on this machine (``None``: a new run).
+
+    The ServerApp makes the same choice on the aggregator (``fl/app/resume.py``); this only
+    says it before anything starts.
+
+    Raises:
+        RegistryError: The store cannot be read.
+    """
+    from fl.app.errors import AppError
+    from fl.app.resume import committed_rounds, newest_run
+    from fl.app.store import open_writer
+
+    if store is None or not cfg.training.resume:
+        return None
+    run_config = cfg.training.run_config(tracking_uri=store, experiment=cfg.registry.experiment,
+                                         stack=cfg.stack)
+    try:
+        run = newest_run(open_writer(store, cfg.registry.experiment), run_config)
+    except AppError as exc:
+        raise RegistryError(exc.message, exc.fix or "check the store.") from None
+    if run is None:
+        return None
+    done = [n for n, _ in committed_rounds(run)]
+    where = f"rounds 1-{done[-1]} committed, going on at round {done[-1] + 1}" if done else \
+        "no round committed yet, starting at round 1"
+    return (f"resuming run {run.info.run_id} ({run.info.status}; {where} of "
+            f"{cfg.training.rounds}); set fedcloud:training.resume: false to start over")
 
 
 def best_model(cfg: StackConfig, trained: TrainingResult, store: str | None,
@@ -293,13 +328,16 @@ def training_output(tr: TrainingResult | None, best: Mapping[str, Any] | None = 
     Added: ``contributors`` (round -> the participants whose train replies were aggregated),
     ``droppedParticipants``, ``missedRounds`` (participant -> rounds without it) and
     ``degraded`` (a run that continued without a participant in some round; the status stays
-    Flower's, the detail says who missed which rounds).
+    Flower's, the detail says who missed which rounds); ``flowerRuns`` (the job's Flower runs),
+    ``resumedFrom`` (each resume: the store run, its status then, the round it went on from)
+    and ``interruptions`` (why each earlier Flower run ended).
     """
     if tr is None:
         return {"runId": None, "status": "NOT_STARTED", "detail": "no participant dispatched",
                 "flowerStatus": None, "rounds": 0, "bestModel": None, "elapsedS": None,
                 "networkBytes": None, "storeRunId": None, "contributors": {},
-                "droppedParticipants": [], "missedRounds": {}, "degraded": False}
+                "droppedParticipants": [], "missedRounds": {}, "degraded": False,
+                "flowerRuns": [], "resumedFrom": [], "interruptions": []}
     missed = _missed_rounds(tr)
     detail = tr.detail
     if missed:
@@ -313,7 +351,11 @@ def training_output(tr: TrainingResult | None, best: Mapping[str, Any] | None = 
             "contributors": {str(r["round"]): list(r["contributors"]) for r in tr.rounds
                              if "contributors" in r},
             "droppedParticipants": sorted(missed), "missedRounds": missed,
-            "degraded": bool(missed)}
+            "degraded": bool(missed), "flowerRuns": [str(r) for r in tr.flower_runs],
+            "resumedFrom": [{"storeRunId": r.get("store_run_id"), "was": r.get("was"),
+                             "fromRound": r.get("from_round"),
+                             "corruptRounds": r.get("corrupt_rounds", [])} for r in tr.resumes],
+            "interruptions": list(tr.interruptions)}
 
 
 def outputs(aggregator: Mapping[str, Any], planned: Mapping[str, Any],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
-from infra.component import AggregatorArgs, AggregatorVmBase
+from infra.component import SPOT, AggregatorArgs, AggregatorVmBase
 from infra.network import Rule
 
 # Canonical's AWS account: the owner of the official Ubuntu AMIs.
@@ -24,6 +24,20 @@ def _ingress(rule: Rule) -> aws.ec2.SecurityGroupIngressArgs:
         protocol="tcp", from_port=rule.port, to_port=rule.port,
         cidr_blocks=list(rule.sources), description=rule.description,
     )
+
+
+def market_options(market: str) -> aws.ec2.InstanceInstanceMarketOptionsArgs | None:
+    """The instance's market arguments: none on demand; on spot a persistent request that stops.
+
+    Stop (not terminate) keeps the EBS root volume with the model store and the SuperLink
+    database; the persistent request starts the same instance again when capacity returns.
+    """
+    if market != SPOT:
+        return None  # an unset input: on-demand instances are declared exactly as before
+    return aws.ec2.InstanceInstanceMarketOptionsArgs(
+        market_type="spot",
+        spot_options=aws.ec2.InstanceInstanceMarketOptionsSpotOptionsArgs(
+            spot_instance_type="persistent", instance_interruption_behavior="stop"))
 
 
 class AggregatorVm(AggregatorVmBase):
@@ -75,6 +89,7 @@ class AggregatorVm(AggregatorVmBase):
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
                 http_tokens="required", http_put_response_hop_limit=1),
             tags={"Name": f"{name}-vm"},
+            instance_market_options=market_options(args.market),
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
                 ignore_changes=["ami"], depends_on=[certs])),
         )

@@ -132,8 +132,11 @@ def superlink_unit(port: int = SUPERLINK_PORT) -> str:
         # The SuperLink starts flower-superexec by name: the venv must be first on PATH.
         f"Environment=PATH={VENV}/bin:/usr/local/bin:/usr/bin:/bin",
         f"ExecStart={shlex.join(argv)}",
-        "Restart=on-failure",
+        # A dead SuperLink (and the ServerApp it ran: the whole control group is stopped) comes
+        # back on the same database; the operator's run then resumes (fl/README.md, "Resume").
+        "Restart=always",
         "RestartSec=5",
+        "KillMode=control-group",
         *SANDBOX,
         "",
         "[Install]",

@@ -24,6 +24,7 @@ from infra.providers import DeploymentCerts, IssueFn
 
 TYPE_TOKEN = "fedcloud:infra:AggregatorVm"
 DISK_GB = 30
+ON_DEMAND, SPOT = "onDemand", "spot"
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class AggregatorArgs:
         port: The SuperLink port.
         disk_gb: Boot disk size.
         provider_args: Credentials for an explicit provider (``infra.program.provider_config``).
+        market: ``onDemand`` or ``spot`` (the plan's pick; AWS and GCP only): a spot VM stops
+            when reclaimed and keeps its disk, so the run resumes (infra/README.md, "Spot").
     """
 
     placement: Placement
@@ -51,6 +54,13 @@ class AggregatorArgs:
     port: int = SUPERLINK_PORT
     disk_gb: int = DISK_GB
     provider_args: Mapping[str, Any] = field(default_factory=dict)
+    market: str = ON_DEMAND
+
+    def __post_init__(self) -> None:
+        if self.market not in (ON_DEMAND, SPOT):
+            raise ValueError(f"market is {self.market!r}, not {ON_DEMAND!r} or {SPOT!r}")
+        if self.market == SPOT and self.placement.cloud not in ("aws", "gcp"):
+            raise ValueError(f"no spot declaration for {self.placement.cloud}")
 
 
 def gcp_labels(tags: Mapping[str, str]) -> dict[str, str]:

@@ -12,13 +12,26 @@ from __future__ import annotations
 import pulumi
 import pulumi_gcp as gcp
 
-from infra.component import ADMIN_USER, AggregatorArgs, AggregatorVmBase, gcp_labels
+from infra.component import ADMIN_USER, SPOT, AggregatorArgs, AggregatorVmBase, gcp_labels
 from infra.network import Rule
 
 UBUNTU_PROJECT = "ubuntu-os-cloud"
 UBUNTU_FAMILY = "ubuntu-2404-lts-amd64"
 TARGET_TAG = "fedcloud-aggregator"
 SUBNET_CIDR = "10.42.0.0/24"
+
+
+def scheduling(market: str) -> gcp.compute.InstanceSchedulingArgs | None:
+    """The VM's scheduling arguments: none on demand; on spot a Spot VM that stops when reclaimed.
+
+    ``STOP`` (not ``DELETE``) keeps the boot disk with the model store and the SuperLink
+    database; Spot VMs cannot restart automatically or live-migrate, so those are stated.
+    """
+    if market != SPOT:
+        return None  # an unset input: on-demand VMs are declared exactly as before
+    return gcp.compute.InstanceSchedulingArgs(
+        provisioning_model="SPOT", preemptible=True, automatic_restart=False,
+        on_host_maintenance="TERMINATE", instance_termination_action="STOP")
 
 
 class AggregatorVm(AggregatorVmBase):
@@ -69,6 +82,10 @@ class AggregatorVm(AggregatorVmBase):
             shielded_instance_config=gcp.compute.InstanceShieldedInstanceConfigArgs(
                 enable_secure_boot=True, enable_vtpm=True, enable_integrity_monitoring=True),
             allow_stopping_for_update=True,
+            scheduling=scheduling(args.market),
+            # A reclaimed Spot VM stays stopped: `pulumi up --refresh` starts it again (its disk
+            # holds the store and the SuperLink database; the run then resumes).
+            desired_status="RUNNING" if args.market == SPOT else None,
             opts=pulumi.ResourceOptions(
                 parent=self, depends_on=[certs],
                 # The image resolved at creation; a newer Ubuntu image does not replace the VM.

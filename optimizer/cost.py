@@ -34,6 +34,25 @@ def job_bytes(n_participants: int, cm: CostModel) -> tuple[float, float]:
     return cm.traffic.job_bytes(cm.model_mb * BYTES_PER_MB, n_participants, cm.rounds)
 
 
+def round_bytes(n_participants: int, cm: CostModel) -> tuple[float, float]:
+    """``(downloads, uploads)`` bytes of one round (what a spot interruption repeats)."""
+    model = cm.model_mb * BYTES_PER_MB
+    more = cm.traffic.job_bytes(model, n_participants, 1)
+    less = cm.traffic.job_bytes(model, n_participants, 0)
+    return more[0] - less[0], more[1] - less[1]
+
+
+def expected_interruptions(hours: np.ndarray, spot: np.ndarray, cm: CostModel) -> np.ndarray:
+    """Expected spot interruptions of each option: rate x job hours on spot, 0 on demand."""
+    return np.asarray(np.where(spot, cm.spot_interruptions_per_hour * hours, 0.0))
+
+
+def interruption_hours(interruptions: np.ndarray, round_s: np.ndarray,
+                       cm: CostModel) -> np.ndarray:
+    """Expected extra hours: per interruption, the resume overhead and the round lost."""
+    return np.asarray(interruptions * (cm.resume_overhead_s + round_s) / SECONDS_PER_HOUR)
+
+
 def egress_gb(n_participants: int, cm: CostModel) -> float:
     """Return the GB the aggregator sends to the participants over the job (the downloads)."""
     return job_bytes(n_participants, cm)[0] / BYTES_PER_GB
@@ -103,16 +122,18 @@ def job_cost_usd(price_usd_per_hour: np.ndarray, hours: np.ndarray,
 
 def energy_kwh(vcpus: np.ndarray, memory_gib: np.ndarray, hours: np.ndarray,
                min_watts: np.ndarray, max_watts: np.ndarray, n_participants: int,
-               cm: CostModel) -> np.ndarray:
+               cm: CostModel, extra_rounds: np.ndarray | float = 0.0) -> np.ndarray:
     """Return the job's IT energy per option, kWh (before PUE): compute + memory + network.
 
     Compute: ``vCPU-hours x (min W + u x (max W - min W))``; memory: GB-hours x 0.000392;
-    network: every byte the job moves (down and up) x 0.001 kWh/GB.
+    network: every byte the job moves (down and up, plus ``extra_rounds`` repeated rounds)
+    x 0.001 kWh/GB.
     """
     u = cm.cpu_utilization
     compute = vcpus * hours * (min_watts + u * (max_watts - min_watts)) / 1000.0
     memory = memory_gib * (BYTES_PER_GIB / BYTES_PER_GB) * hours * MEMORY_KWH_PER_GB_HOUR
-    network = sum(job_bytes(n_participants, cm)) / BYTES_PER_GB * NETWORK_KWH_PER_GB
+    moved = sum(job_bytes(n_participants, cm)) + extra_rounds * sum(round_bytes(n_participants, cm))
+    network = moved / BYTES_PER_GB * NETWORK_KWH_PER_GB
     return np.asarray(compute + memory + network)
 
 

@@ -62,7 +62,8 @@ class Encoding:
         table = np.full((n_regions, int(counts.max())), -1, dtype=np.int64)
         for s, m in enumerate(members):
             names = np.array([space.rows[i].instance_type for i in m])
-            order = np.lexsort((names, space.price_usd_per_hour[m]))
+            markets = np.array([space.markets[i] for i in m])
+            order = np.lexsort((markets, names, space.price_usd_per_hour[m]))
             table[s, : len(m)] = m[order]
         return cls(table=table, counts=counts)
 

@@ -9,7 +9,7 @@ objectives (:mod:`optimizer.space`), the same front definition and the same weig
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -17,9 +17,17 @@ from fedcloud.core.errors import PlanError
 from optimizer.catalog import Catalog, VmRow, load_catalog
 from optimizer.cost import HOURS_PER_MONTH
 from optimizer.front import pareto_front, pick
-from optimizer.request import METHODS, Placement, PlanRequest
-from optimizer.result import Choice, Comparison, Objectives, PlanResult, Point, WeightedChoice
-from optimizer.space import SearchSpace, build_space, evaluate_placement
+from optimizer.request import METHODS, ON_DEMAND, SPOT, Placement, PlanRequest
+from optimizer.result import (
+    Choice,
+    Comparison,
+    Objectives,
+    OnDemandComparison,
+    PlanResult,
+    Point,
+    WeightedChoice,
+)
+from optimizer.space import SearchSpace, build_space, evaluate_placement, spot_capable
 
 
 @dataclass(frozen=True)
@@ -46,24 +54,24 @@ def search(space: SearchSpace, method: str, seed: int, pop_size: int, generation
     raise PlanError(f"unknown method '{method}'.", f"use one of: {', '.join(METHODS)}.")
 
 
-def _objectives(row: VmRow, cat: Catalog, per_usd: float, cost_usd: float, latency_ms: float,
-                mean_latency_ms: float, job_hours: float, egress_usd: float, energy_kwh: float,
-                co2e_kg: float | None) -> Objectives:
+def _objectives(row: VmRow, cat: Catalog, per_usd: float, price: float, cost_usd: float,
+                latency_ms: float, mean_latency_ms: float, job_hours: float, egress_usd: float,
+                energy_kwh: float, co2e_kg: float | None, interruptions: float) -> Objectives:
     grid = cat.grid[(row.cloud, row.region)]
     return Objectives(
         cost_usd=cost_usd, cost_local=cost_usd * per_usd, latency_ms=latency_ms,
         mean_latency_ms=mean_latency_ms, job_hours=job_hours, egress_usd=egress_usd,
         co2e_kg=co2e_kg, energy_kwh=energy_kwh,
-        monthly_cost_usd=float(row.price_usd_per_hour * HOURS_PER_MONTH),
-        grid_kg_per_kwh=grid.kg_per_kwh, grid_basis=grid.basis)
+        monthly_cost_usd=float(price * HOURS_PER_MONTH),
+        grid_kg_per_kwh=grid.kg_per_kwh, grid_basis=grid.basis, interruptions=interruptions)
 
 
 def _point(space: SearchSpace, i: int, per_usd: float, cat: Catalog) -> Point:
-    row = space.rows[i]
-    return Point(Choice.of(row), _objectives(
-        row, cat, per_usd, float(space.cost_usd[i]), float(space.latency_ms[i]),
+    row, price = space.rows[i], float(space.price_usd_per_hour[i])
+    return Point(Choice.of(row, space.markets[i], price), _objectives(
+        row, cat, per_usd, price, float(space.cost_usd[i]), float(space.latency_ms[i]),
         float(space.mean_latency_ms[i]), float(space.job_hours[i]), float(space.egress_usd[i]),
-        float(space.energy_kwh[i]), float(space.co2e_kg[i])))
+        float(space.energy_kwh[i]), float(space.co2e_kg[i]), float(space.interruptions[i])))
 
 
 def _infeasible(request: PlanRequest, space: SearchSpace) -> PlanError:
@@ -114,12 +122,35 @@ def _infeasible(request: PlanRequest, space: SearchSpace) -> PlanError:
                      f"{fix}.")
 
 
-def _evaluated_point(request: PlanRequest, placement: Placement, cat: Catalog) -> Point:
-    """The objectives of one named placement (the baseline or a pin)."""
-    ev = evaluate_placement(request, placement, cat)
-    return Point(Choice.of(ev.row), _objectives(
-        ev.row, cat, request.currency.per_usd, ev.cost_usd, ev.latency_ms, ev.mean_latency_ms,
-        ev.job_hours, ev.egress_usd, ev.energy_kwh, ev.co2e_kg))
+def _evaluated_point(request: PlanRequest, placement: Placement, cat: Catalog,
+                     market: str = ON_DEMAND) -> Point:
+    """The objectives of one named placement (the baseline, on demand, or a pin)."""
+    ev = evaluate_placement(request, placement, cat, market)
+    return Point(Choice.of(ev.row, ev.market, ev.price_usd_per_hour), _objectives(
+        ev.row, cat, request.currency.per_usd, ev.price_usd_per_hour, ev.cost_usd,
+        ev.latency_ms, ev.mean_latency_ms, ev.job_hours, ev.egress_usd, ev.energy_kwh,
+        ev.co2e_kg, ev.interruptions))
+
+
+def _pin_market(request: PlanRequest, cat: Catalog) -> str:
+    """A pin runs on spot when ``market`` is ``spot`` and its row has a spot price."""
+    pin = request.pin
+    assert pin is not None
+    row = next(v for v in cat.vms if (v.cloud, v.region, v.instance_type)
+               == (pin.cloud, pin.region, pin.instance_type))
+    return SPOT if request.market == SPOT and spot_capable(row) else ON_DEMAND
+
+
+def _on_demand_front(request: PlanRequest, method: str, cat: Catalog) -> tuple[Point, ...]:
+    """The on-demand front of the same request (what spot/auto picks are compared with)."""
+    if request.market == ON_DEMAND:
+        return ()
+    try:
+        front, _ = _front(replace(request, market=ON_DEMAND, pin=None),
+                          build_space(replace(request, market=ON_DEMAND), cat), method, cat)
+    except PlanError:
+        return ()  # nothing on demand meets the filters or limits: no comparison
+    return front
 
 
 def _front(request: PlanRequest, space: SearchSpace | None, method: str, cat: Catalog,
@@ -134,18 +165,23 @@ def _front(request: PlanRequest, space: SearchSpace | None, method: str, cat: Ca
                  for i in found.front), found.evaluated
 
 
-def _weighted(request: PlanRequest, front: tuple[Point, ...], baseline: Point | None,
-              ) -> tuple[WeightedChoice, ...]:
-    """One pick of the front per weight vector, compared with the baseline."""
-    if not front:
-        return ()
+def _pick(front: tuple[Point, ...], w: tuple[float, ...]) -> Point:
     f = np.array([[p.objectives.cost_usd, p.objectives.latency_ms, p.objectives.co2e_kg]
                   for p in front], dtype=float)
+    return front[pick(f, w)]
+
+
+def _weighted(request: PlanRequest, front: tuple[Point, ...], baseline: Point | None,
+              on_demand: tuple[Point, ...] = ()) -> tuple[WeightedChoice, ...]:
+    """One pick of the front per weight vector, against the baseline and the on-demand pick."""
+    if not front:
+        return ()
     out = []
     for w in request.weights:
-        p = front[pick(f, w)]
+        p = _pick(front, w)
         cmp = Comparison.of(p.objectives, baseline.objectives) if baseline else None
-        out.append(WeightedChoice(weights=w, point=p, vs_baseline=cmp))
+        vs = OnDemandComparison.of(p.objectives, _pick(on_demand, w)) if on_demand else None
+        out.append(WeightedChoice(weights=w, point=p, vs_baseline=cmp, vs_on_demand=vs))
     return tuple(out)
 
 
@@ -181,9 +217,9 @@ def plan(request: PlanRequest, method: str | None = None,
     front, evaluated = _front(request, space, method, cat)
     baseline = (_evaluated_point(request, request.baseline, cat)
                 if request.baseline is not None else None)
-    choices = _weighted(request, front, baseline)
-    deployed = (_evaluated_point(request, request.pin, cat) if request.pin is not None
-                else choices[0].point)
+    choices = _weighted(request, front, baseline, _on_demand_front(request, method, cat))
+    deployed = (_evaluated_point(request, request.pin, cat, _pin_market(request, cat))
+                if request.pin is not None else choices[0].point)
     return PlanResult(
         choice=deployed.choice,
         objectives=deployed.objectives,
@@ -209,4 +245,5 @@ def plan(request: PlanRequest, method: str | None = None,
         max_co2e_kg=request.max_co2e_kg,
         memory_need_gib=space.memory_need_gib if space is not None else 0.0,
         no_grid_factor=space.no_grid_factor if space is not None else (),
+        market=request.market,
     )

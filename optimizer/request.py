@@ -14,8 +14,12 @@ from fedcloud.core.config import ConfigView
 from fedcloud.core.errors import CatalogError
 from fedcloud.core.participants import Participant
 from fedcloud.core.plan import (
+    AUTO,
     CLOUDS,
+    MARKETS,
     METHODS,
+    ON_DEMAND,
+    SPOT,
     CostModel,
     Currency,
     Placement,
@@ -25,6 +29,9 @@ from fedcloud.core.plan import (
 from optimizer import catalog
 from optimizer.catalog import load_catalog
 from optimizer.catalog.common import did_you_mean
+
+# Clouds whose spot (Spot VM) prices the optimizer uses; Azure's catalogue rows carry none.
+SPOT_CLOUDS = ("aws", "gcp")
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class PlanRequest:
         pop_size: NSGA-II population size.
         generations: NSGA-II generations.
         max_co2e_kg: Limit on the job's emissions, kg CO2e (``None``: no limit).
+        market: ``onDemand``, ``spot`` (spot prices only, AWS and GCP) or ``auto`` (both).
     """
 
     stack: str
@@ -75,6 +83,7 @@ class PlanRequest:
     pop_size: int
     generations: int
     max_co2e_kg: float | None = None
+    market: str = ON_DEMAND
 
     @property
     def max_cost_usd(self) -> float:
@@ -121,6 +130,11 @@ class PlanRequest:
         if settings.regions and not regions:
             raise top.error("regions", f"has no region in the allowed clouds {clouds}",
                             "list regions of those clouds, or leave fedcloud:regions empty.")
+        if settings.market == SPOT and not set(clouds) & set(SPOT_CLOUDS):
+            raise error_view(settings.source, "fedcloud:aggregator").error(
+                "market", f"is 'spot' but the clouds offered {clouds} have no spot prices in "
+                f"the catalogue (spot is priced for {' and '.join(SPOT_CLOUDS)} only)",
+                "set fedcloud:aggregator.market to onDemand or auto, or allow aws or gcp.")
         pin = settings.pin and _in_catalogue(settings.source, "fedcloud:aggregator.pin",
                                              settings.pin)
         baseline = settings.baseline and _in_catalogue(settings.source, "fedcloud:baseline",
@@ -134,6 +148,7 @@ class PlanRequest:
             currency=settings.currency, cost_model=settings.cost_model,
             method=settings.method, seed=settings.seed, pop_size=settings.pop_size,
             generations=settings.generations, max_co2e_kg=settings.max_co2e_kg,
+            market=settings.market,
         )
 
 
@@ -184,4 +199,5 @@ def _in_catalogue(source: str, key: str, placement: Placement) -> Placement:
     return placement
 
 
-__all__ = ["METHODS", "CostModel", "Currency", "Placement", "PlanRequest"]
+__all__ = ["AUTO", "MARKETS", "METHODS", "ON_DEMAND", "SPOT", "SPOT_CLOUDS", "CostModel",
+           "Currency", "Placement", "PlanRequest"]

@@ -1,7 +1,8 @@
 """The optimizer's answer: the deployed choice, one choice per weight, the front, the baseline.
 
 Plain frozen dataclasses holding Python floats (never numpy scalars); :meth:`PlanResult.to_dict`
-gives the JSON shape of ``fedcloud plan --json``.
+gives the JSON shape of ``fedcloud plan --json`` (market fields only when the stack sets
+``aggregator.market`` to spot or auto, so on-demand plans keep their shape).
 """
 
 from __future__ import annotations
@@ -13,30 +14,38 @@ from typing import Any
 from optimizer.catalog import PricedVm, VmRow
 
 OBJECTIVES = ("cost_usd", "latency_ms", "co2e_kg")
+ON_DEMAND = "onDemand"
 
 
 @dataclass(frozen=True)
 class Choice(PricedVm):
-    """A (cloud, region, VM size) with its shape and price."""
+    """A (cloud, region, VM size) with its shape, market and price in that market."""
+
+    market: str = ON_DEMAND
 
     @classmethod
-    def of(cls, row: VmRow) -> Choice:
-        """Build from a catalogue row."""
+    def of(cls, row: VmRow, market: str = ON_DEMAND, price: float | None = None) -> Choice:
+        """Build from a catalogue row (``price``: the market's hourly price; default on demand)."""
         return cls(row.cloud, row.region, row.instance_type, int(row.vcpus),
-                   float(row.memory_gib), float(row.price_usd_per_hour))
+                   float(row.memory_gib),
+                   float(row.price_usd_per_hour if price is None else price), market)
 
     @property
     def label(self) -> str:
-        """``cloud:region/instance_type``."""
-        return f"{self.cloud}:{self.region}/{self.instance_type}"
+        """``cloud:region/instance_type``, with `` (spot)`` on the spot market."""
+        spot = " (spot)" if self.market == "spot" else ""
+        return f"{self.cloud}:{self.region}/{self.instance_type}{spot}"
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return the JSON form."""
-        return {
+    def to_dict(self, market: bool = False) -> dict[str, Any]:
+        """Return the JSON form (with ``market`` if asked)."""
+        out: dict[str, Any] = {
             "cloud": self.cloud, "region": self.region, "instance_type": self.instance_type,
             "vcpus": self.vcpus, "memory_gib": self.memory_gib,
             "price_usd_per_hour": self.price_usd_per_hour,
         }
+        if market:
+            out["market"] = self.market
+        return out
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,8 @@ class Objectives:
             basis).
         grid_kg_per_kwh: The region's grid factor used (``None``: none known).
         grid_basis: ``published``, the substitution made, or ``unknown``.
+        interruptions: Expected spot interruptions over the job (0 on demand); their resume
+            overhead and lost rounds are in ``job_hours``, ``cost_usd`` and ``co2e_kg``.
     """
 
     cost_usd: float
@@ -69,6 +80,7 @@ class Objectives:
     monthly_cost_usd: float = 0.0
     grid_kg_per_kwh: float | None = None
     grid_basis: str = "unknown"
+    interruptions: float = 0.0
 
     def meets(self, max_cost_usd: float, max_latency_ms: float,
               max_co2e_kg: float | None = None) -> bool:
@@ -77,9 +89,9 @@ class Objectives:
                                          and self.co2e_kg <= max_co2e_kg)
         return self.cost_usd <= max_cost_usd and self.latency_ms <= max_latency_ms and co2_ok
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, market: bool = False) -> dict[str, Any]:
         """Return the JSON form (rounded for reading; costs to 6 significant places)."""
-        return {
+        out: dict[str, Any] = {
             "cost_usd": round(self.cost_usd, 6),
             "cost_local": round(self.cost_local, 4),
             "latency_ms": round(self.latency_ms, 3),
@@ -92,6 +104,9 @@ class Objectives:
             "grid_kg_per_kwh": self.grid_kg_per_kwh,
             "grid_basis": self.grid_basis,
         }
+        if market:
+            out["expected_interruptions"] = round(self.interruptions, 6)
+        return out
 
 
 @dataclass(frozen=True)
@@ -101,9 +116,9 @@ class Point:
     choice: Choice
     objectives: Objectives
 
-    def flat(self) -> dict[str, Any]:
+    def flat(self, market: bool = False) -> dict[str, Any]:
         """Return choice and objective fields in one mapping (the ``front`` entries)."""
-        return {**self.choice.to_dict(), **self.objectives.to_dict()}
+        return {**self.choice.to_dict(market), **self.objectives.to_dict(market)}
 
 
 @dataclass(frozen=True)
@@ -151,21 +166,56 @@ class Comparison:
 
 
 @dataclass(frozen=True)
+class OnDemandComparison:
+    """A spot or auto pick against the best on-demand pick at the same weights.
+
+    Attributes:
+        cost_cut_pct: ``(on demand - pick) / on demand`` expected job cost, percent.
+        job_hours_change_pct: Change of the expected job time (interruptions included), percent.
+        on_demand: The on-demand pick.
+    """
+
+    cost_cut_pct: float
+    job_hours_change_pct: float
+    on_demand: Point
+
+    @classmethod
+    def of(cls, pick: Objectives, on_demand: Point) -> OnDemandComparison:
+        """Compare ``pick`` with ``on_demand``."""
+        base = on_demand.objectives
+        cut = 100.0 * (base.cost_usd - pick.cost_usd) / base.cost_usd if base.cost_usd else 0.0
+        hours = (100.0 * (pick.job_hours - base.job_hours) / base.job_hours
+                 if base.job_hours else 0.0)
+        return cls(cost_cut_pct=cut, job_hours_change_pct=hours, on_demand=on_demand)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON form."""
+        return {"cost_cut_pct": round(self.cost_cut_pct, 2),
+                "job_hours_change_pct": round(self.job_hours_change_pct, 2),
+                "on_demand": {**self.on_demand.choice.to_dict(True),
+                              "objectives": self.on_demand.objectives.to_dict(True)}}
+
+
+@dataclass(frozen=True)
 class WeightedChoice:
     """The pick of one weight vector (cost, latency[, emissions])."""
 
     weights: tuple[float, ...]
     point: Point
     vs_baseline: Comparison | None
+    vs_on_demand: OnDemandComparison | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return the JSON form."""
-        return {
+    def to_dict(self, market: bool = False) -> dict[str, Any]:
+        """Return the JSON form (``market``: with the market fields and ``vs_on_demand``)."""
+        out = {
             "weights": [_num(w) for w in self.weights],
-            "choice": self.point.choice.to_dict(),
-            "objectives": self.point.objectives.to_dict(),
+            "choice": self.point.choice.to_dict(market),
+            "objectives": self.point.objectives.to_dict(market),
             "vs_baseline": self.vs_baseline.to_dict() if self.vs_baseline else None,
         }
+        if market:
+            out["vs_on_demand"] = self.vs_on_demand.to_dict() if self.vs_on_demand else None
+        return out
 
 
 @dataclass(frozen=True)
@@ -197,6 +247,7 @@ class PlanResult:
         candidates: Options after filtering (the search space's size).
         feasible: Options meeting both limits.
         evaluated: Distinct options the method evaluated.
+        market: ``aggregator.market`` (``onDemand``, ``spot`` or ``auto``).
     """
 
     choice: Choice
@@ -221,6 +272,7 @@ class PlanResult:
     max_co2e_kg: float | None = None
     memory_need_gib: float = 0.0
     no_grid_factor: tuple[str, ...] = ()
+    market: str = ON_DEMAND
 
     @property
     def cost_cut_pct(self) -> list[float | None]:
@@ -235,20 +287,21 @@ class PlanResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON shape of ``fedcloud plan --json``."""
+        m = self.market != ON_DEMAND
         baseline = None
         if self.baseline is not None:
-            baseline = {**self.baseline.choice.to_dict(),
-                        "objectives": self.baseline.objectives.to_dict(),
+            baseline = {**self.baseline.choice.to_dict(m),
+                        "objectives": self.baseline.objectives.to_dict(m),
                         "meets_limits": self.baseline_meets_limits}
-        return {
-            "choice": self.choice.to_dict(),
-            "objectives": self.objectives.to_dict(),
-            "front": [p.flat() for p in self.front],
+        out = {
+            "choice": self.choice.to_dict(m),
+            "objectives": self.objectives.to_dict(m),
+            "front": [p.flat(m) for p in self.front],
             "baseline": baseline,
             "method": self.method,
             "seed": self.seed,
             "elapsed_s": round(self.elapsed_s, 4),
-            "choices": [c.to_dict() for c in self.choices],
+            "choices": [c.to_dict(m) for c in self.choices],
             "pinned": self.pinned,
             "target": self.target,
             "currency": {"code": self.currency, "per_usd": self.per_usd,
@@ -260,6 +313,9 @@ class PlanResult:
                        "memory_need_gib": round(self.memory_need_gib, 3),
                        "no_grid_factor": list(self.no_grid_factor)},
         }
+        if m:
+            out["market"] = self.market
+        return out
 
 
 def _num(x: float) -> float | int:
@@ -314,4 +370,6 @@ def plan_output(result: Any) -> dict[str, Any]:
         "limits": full["limits"],
         "search": full["search"],
     }
+    if "market" in full:  # spot or auto stacks only: on-demand outputs keep their shape
+        out["market"] = full["market"]
     return dict(camelize(out))

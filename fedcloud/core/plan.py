@@ -20,10 +20,18 @@ from fl.app.protocol import traffic as traffic_of
 CLOUDS: tuple[str, ...] = ("aws", "gcp", "azure")
 TARGETS = ("auto", *CLOUDS, "local")
 METHODS = ("nsga2", "exhaustive")
+ON_DEMAND, SPOT, AUTO = "onDemand", "spot", "auto"
+MARKETS = (ON_DEMAND, SPOT, AUTO)
 AGGREGATOR_KEYS = ("target", "minVcpus", "minMemoryGib", "pin", "sshPublicKeyPath", "diskGb",
-                   "image")
+                   "image", "market")
 COST_MODEL_KEYS = ("rounds", "modelMb", "bandwidthMbps", "roundTrainS", "rttsPerRound",
-                   "setupHours", "egressUsdPerGb", "cpuUtilization")
+                   "setupHours", "egressUsdPerGb", "cpuUtilization", "spotInterruptionsPerHour",
+                   "resumeOverheadS")
+# Defaults of CostModel built in code (tests, benchmarks); a stack's come from Pulumi.yaml, which
+# states the same figures: 0.05 / 730 h, the upper edge of AWS Spot Instance Advisor's lowest
+# frequency-of-interruption band (<5% a month), and the median benchmarks/resume.py measured.
+SPOT_INTERRUPTIONS_PER_HOUR = 0.05 / 730
+RESUME_OVERHEAD_S = 40.0
 _CURRENCY_CODE = re.compile(r"^[A-Z]{3}$")
 
 
@@ -66,6 +74,9 @@ class CostModel:
             ``training.wireDtype`` (``fl/app/protocol.py``).
         cpu_utilization: Average CPU utilisation of the aggregator VM, 0-1 (emissions model;
             the Cloud Carbon Footprint default is 0.5).
+        spot_interruptions_per_hour: Expected spot interruptions per hour of the job.
+        resume_overhead_s: Extra wall time per interruption (restart and resume), seconds,
+            on top of the round lost.
     """
 
     rounds: int
@@ -77,6 +88,8 @@ class CostModel:
     egress_usd_per_gb: Mapping[str, float]
     traffic: Traffic = field(default_factory=traffic_of)
     cpu_utilization: float = 0.5
+    spot_interruptions_per_hour: float = SPOT_INTERRUPTIONS_PER_HOUR
+    resume_overhead_s: float = RESUME_OVERHEAD_S
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,7 @@ class PlanSettings:
         pop_size: NSGA-II population size.
         generations: NSGA-II generations.
         max_co2e_kg: ``limits.maxCo2eKg``, the job's emissions limit (kg CO2e), if set.
+        market: ``aggregator.market``: ``onDemand``, ``spot`` or ``auto`` (both markets).
     """
 
     source: str
@@ -123,6 +137,7 @@ class PlanSettings:
     pop_size: int
     generations: int
     max_co2e_kg: float | None = None
+    market: str = ON_DEMAND
 
 
 def error_view(source: str, key: str) -> ConfigView:
@@ -218,6 +233,9 @@ def _cost_model(top: ConfigView, training_rounds: int, traffic: Traffic) -> Cost
         egress_usd_per_gb=egress,
         traffic=traffic,
         cpu_utilization=cm.get_float("cpuUtilization", minimum=0, maximum=1),
+        spot_interruptions_per_hour=cm.get_float("spotInterruptionsPerHour", minimum=0,
+                                                 maximum=60),
+        resume_overhead_s=cm.get_float("resumeOverheadS", minimum=0),
     )
 
 
@@ -285,4 +303,5 @@ def parse_plan(top: ConfigView, training_rounds: int,
         pop_size=opt.get_int("popSize", minimum=4, maximum=10_000),
         generations=opt.get_int("generations", minimum=1, maximum=100_000),
         max_co2e_kg=max_co2e,
+        market=agg.get_str("market", choices=MARKETS),
     )

@@ -16,7 +16,7 @@ from fl.app.runconfig import MODEL_CLASSES, MODEL_FIXED_IMAGE_SIZE, RunConfig
 
 KEYS = ("model", "width", "imageSize", "rounds", "localEpochs", "batchSize", "learningRate",
         "fractionTrain", "minNodes", "phaseTimeoutS", "nodeWaitS", "seed", "delayProb", "delayS",
-        "wireDtype", "insecure")
+        "wireDtype", "resume", "maxResumes", "aggregatorWaitS", "insecure")
 
 
 def config_args(values: Mapping[str, str | int | float | bool]) -> str:
@@ -70,6 +70,10 @@ class TrainingSettings:
         delay_s: Communication-delay study: how long it sleeps (seconds).
         wire_dtype: ``float32`` or ``float16``: how model arrays travel (training and
             aggregation stay float32; ``fl/app/protocol.py``).
+        resume: Continue the store's unfinished run of the same config from its last
+            committed round (``fl/app/resume.py``); false starts a new run.
+        max_resumes: How many times one job resumes by itself after its aggregator died.
+        aggregator_wait_s: Longest wait for the restarted SuperLink to answer, each time.
         insecure: Development only: no TLS and no node authentication (logged).
     """
 
@@ -88,6 +92,9 @@ class TrainingSettings:
     delay_prob: float
     delay_s: float
     wire_dtype: str
+    resume: bool
+    max_resumes: int
+    aggregator_wait_s: float
     insecure: bool
 
     @property
@@ -106,6 +113,7 @@ class TrainingSettings:
             phase_timeout_s=self.phase_timeout_s, node_wait_s=self.node_wait_s, seed=self.seed,
             delay_prob=self.delay_prob, delay_s=self.delay_s, wire_dtype=self.wire_dtype,
             tracking_uri=tracking_uri, experiment=experiment, run_name=run_name, stack=stack,
+            resume=self.resume,
         )
 
     def run_config_arg(self, tracking_uri: str = "", experiment: str = "fedcloud",
@@ -148,6 +156,9 @@ def parse_training(view: ConfigView) -> TrainingSettings:
         delay_prob=view.get_float("delayProb", minimum=0, maximum=1),
         delay_s=view.get_float("delayS", minimum=0),
         wire_dtype=view.get_str("wireDtype", choices=tuple(WIRE_DTYPES)),
+        resume=view.get_bool("resume"),
+        max_resumes=view.get_int("maxResumes", minimum=0, maximum=100),
+        aggregator_wait_s=view.get_float("aggregatorWaitS", minimum=1, maximum=3600),
         insecure=view.get_bool("insecure"),
     )
     return settings

@@ -16,7 +16,12 @@ from pathlib import Path
 from fedcloud.core.procs import ManagedProcess
 from fl.initializer.certs import DeploymentCerts, ensure_deployment_certs
 from fl.initializer.flwr_cli import FlwrCli
-from fl.initializer.superlink import SuperLinkProcess, free_port, start_superlink
+from fl.initializer.superlink import (
+    SuperLinkProcess,
+    SupervisedSuperLink,
+    free_port,
+    start_superlink,
+)
 from fl.initializer.training import CONNECTION, register_nodes
 from fl.orchestrator.supernode import MAX_WAIT_TIME_S, start_supernode
 
@@ -31,7 +36,8 @@ class LocalSuperLink:
     Attributes:
         root: Work directory (certificates, SuperLink state, ``flwr-home/``).
         certs: The deployment's CA, server certificate and node keys.
-        link: The SuperLink (stop it with ``link.stop()``).
+        link: The SuperLink (stop it with ``link.stop()``); supervised, it is started again
+            on the same port and database when it dies.
         cli: ``flwr`` on the deployment's own ``FLWR_HOME``, connection
             ``fl.initializer.training.CONNECTION`` written.
         node_keys: Participant -> its registered public key.
@@ -40,7 +46,7 @@ class LocalSuperLink:
 
     root: Path
     certs: DeploymentCerts
-    link: SuperLinkProcess
+    link: SuperLinkProcess | SupervisedSuperLink
     cli: FlwrCli
     node_keys: dict[str, Path]
     node_ids: dict[str, int]
@@ -60,13 +66,14 @@ class LocalFederation(LocalSuperLink):
 
 
 def start_local_superlink(root: Path, participants: Sequence[str], *,
-                          link_host: str) -> LocalSuperLink:
+                          link_host: str, supervised: bool = False) -> LocalSuperLink:
     """Create the certificates, start the SuperLink and register every participant's key.
 
     Args:
         root: Work directory (``certs/``, ``superlink/`` and ``flwr-home/`` go there).
         participants: Participant names (one node key each).
         link_host: Loopback address the SuperLink binds (also in its certificate's SAN).
+        supervised: Restart the SuperLink when it dies, as the aggregator's unit does.
 
     Returns:
         The running SuperLink; the caller stops ``.link``. On an error the SuperLink is stopped
@@ -76,9 +83,15 @@ def start_local_superlink(root: Path, participants: Sequence[str], *,
         TrainingError: A key could not be registered.
     """
     certs = ensure_deployment_certs(root / "certs", [link_host], participants)
-    link = start_superlink(root / "superlink", host=link_host, port=free_port(link_host),
-                           ca_cert=certs.ca.cert, server_cert=certs.server.cert,
-                           server_key=certs.server.key)
+    port = free_port(link_host)
+
+    def start() -> SuperLinkProcess:
+        return start_superlink(root / "superlink", host=link_host, port=port,
+                               ca_cert=certs.ca.cert, server_cert=certs.server.cert,
+                               server_key=certs.server.key)
+
+    link: SuperLinkProcess | SupervisedSuperLink = SupervisedSuperLink(start) if supervised \
+        else start()
     try:
         cli = FlwrCli(root / "flwr-home")
         cli.write_connection(CONNECTION, link.address, certs.ca.cert)
@@ -95,7 +108,8 @@ def start_local_superlink(root: Path, participants: Sequence[str], *,
 def local_federation(root: Path, participants: Sequence[str], data_dirs: Mapping[str, Path], *,
                      link_host: str, node_hosts: Mapping[str, str], torch_threads: int = 0,
                      max_wait_time_s: float = MAX_WAIT_TIME_S,
-                     online_timeout_s: float = ONLINE_TIMEOUT_S) -> Iterator[LocalFederation]:
+                     online_timeout_s: float = ONLINE_TIMEOUT_S,
+                     supervised: bool = False) -> Iterator[LocalFederation]:
     """Start a SuperLink and one SuperNode per participant; stop them all at exit.
 
     Args:
@@ -107,6 +121,7 @@ def local_federation(root: Path, participants: Sequence[str], data_dirs: Mapping
         torch_threads: Threads each ClientApp's torch may use (0: torch's default).
         max_wait_time_s: The SuperNodes' ``--max-wait-time``.
         online_timeout_s: How long to wait for every registered node to be online.
+        supervised: Restart the SuperLink when it dies (see :func:`start_local_superlink`).
 
     Yields:
         The running federation, every registered node online.
@@ -114,7 +129,7 @@ def local_federation(root: Path, participants: Sequence[str], data_dirs: Mapping
     Raises:
         TrainingError: A key could not be registered, or a node is not online in time.
     """
-    fed = start_local_superlink(root, participants, link_host=link_host)
+    fed = start_local_superlink(root, participants, link_host=link_host, supervised=supervised)
     nodes: dict[str, ManagedProcess] = {}
     try:
         for name in participants:

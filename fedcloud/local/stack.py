@@ -149,19 +149,27 @@ def _start_superlink(cfg: StackConfig, names: list[str], record: dict[str, Any],
                      ) -> tuple[federation.Aggregator, Any]:
     """Start this deployment's SuperLink (a fresh database; node keys, so identities, kept)."""
     from fl.initializer.certs import ensure_deployment_certs
-    from fl.initializer.superlink import free_port, start_superlink
+    from fl.initializer.superlink import SupervisedSuperLink, free_port, start_superlink
 
     state = cfg.state_dir
     for stale in (*(state / "superlink").glob("superlink.db*"),
                   state / "flwr-home" / "nodes.json"):
         stale.unlink(missing_ok=True)
     certs = ensure_deployment_certs(state / "certs", [SUPERLINK_HOST], names)
-    link = start_superlink(state / "superlink", host=SUPERLINK_HOST,
-                           port=free_port(SUPERLINK_HOST), ca_cert=certs.ca.cert,
-                           server_cert=certs.server.cert, server_key=certs.server.key,
-                           extra_env=marker_env(state))
-    record["superlink"] = {"pid": link.process.pid, "address": link.address}
-    write_json_atomic(state / STATE_FILE, record)
+    port = free_port(SUPERLINK_HOST)
+
+    def started(link: Any) -> None:
+        record["superlink"] = {"pid": link.process.pid, "address": link.address}
+        write_json_atomic(state / STATE_FILE, record)
+
+    # Kept running like the aggregator's systemd unit keeps it: restarted on the same port and
+    # database when it dies, so a run whose aggregator died resumes (fedcloud/local/README.md).
+    link = SupervisedSuperLink(
+        lambda: start_superlink(state / "superlink", host=SUPERLINK_HOST, port=port,
+                                ca_cert=certs.ca.cert, server_cert=certs.server.cert,
+                                server_key=certs.server.key, extra_env=marker_env(state)),
+        on_restart=started)
+    started(link)
     aggregator = federation.Aggregator(
         address=link.address, ca_cert=certs.ca.cert,
         node_keys={n: (k.private_key, k.public_key) for n, k in certs.nodes.items()},
@@ -227,13 +235,21 @@ def _run(cfg: StackConfig, phases: Phases, report: Callable[[str], None],
     report(f"{TRAINING} ...")
     phases.current = TRAINING
     dispatched, on_round, train_start = _progress(phases, report)
-    fed = federation.run_federation(cfg, participants, aggregator,
-                                    ParamikoTransport(cfg.orchestrator.host_key_policy),
-                                    on_dispatched=dispatched, on_round=on_round)
+    try:
+        fed = federation.run_federation(
+            cfg, participants, aggregator, ParamikoTransport(cfg.orchestrator.host_key_policy),
+            on_dispatched=dispatched, on_round=on_round,
+            on_resume=lambda why: report(f"    [yellow]aggregator lost[/yellow] ({why}); "
+                                         "resuming from the last committed round"))
+    finally:
+        link.release()  # the SuperLink stays up after `up`, until `fedcloud down`
     partial["fed"] = fed
     if train_start:
         phases.timings["training (Flower)"] = round(time.monotonic() - train_start[0], 2)
     if fed.training is not None:
+        for r in fed.training.resumes:
+            report(f"    store run {r.get('store_run_id')} resumed at round "
+                   f"{r.get('next_round')} (was {r.get('was')})")
         report(f"    run {fed.training.run_id}: {fed.training.status} ({fed.training.detail})")
     federation.raise_on_failure(cfg, fed, f"{state / OUTPUTS_FILE} and the logs under {state}")
     return _partial_outputs(partial, phases)
@@ -367,6 +383,9 @@ def up(cfg: StackConfig, report: Callable[[str], None] = print,
     with phases.phase("plan (NSGA-II placement in the clouds, reported only)"):
         planned = federation.validate(cfg)
     _report_plan(report, planned)
+    resuming = federation.pending_resume(cfg, cfg.registry.location)
+    if resuming:
+        report(f"    {resuming}")
     create_state_dir(cfg.state_dir)
     with locked(cfg.state_dir, "fedcloud up", cfg.stack) as notes:
         check_up(cfg)

@@ -23,6 +23,8 @@ MODEL_FIXED_IMAGE_SIZE: dict[str, int] = {"cifar_cnn": 32}
 # "FEDCLOUD_STATUS {json}" at the end; the FL Initializer reads them from the streamed run log.
 ROUND_MARK = "FEDCLOUD_ROUND"
 STATUS_MARK = "FEDCLOUD_STATUS"
+# "FEDCLOUD_RESUME {json}": the ServerApp continues an unfinished run (fl/app/resume.py).
+RESUME_MARK = "FEDCLOUD_RESUME"
 
 # Node config keys (``flower-supernode --node-config``) the ClientApp reads.
 NODE_DATA_DIR = "data-dir"
@@ -52,6 +54,7 @@ FLOWER_KEYS: dict[str, str] = {
     "experiment": "experiment",
     "run_name": "run-name",
     "stack": "stack",
+    "resume": "resume",
 }
 
 
@@ -67,6 +70,7 @@ class RunConfig:
     each client sleeps ``delay_s`` seconds with probability ``delay_prob``.
     ``wire_dtype`` is how model arrays travel (``fl/app/protocol.py``).
     ``tracking_uri`` empty means: record the rounds nowhere but the run log.
+    ``resume``: continue the store's unfinished run of the same config (``fl/app/resume.py``).
     """
 
     model: str
@@ -89,6 +93,7 @@ class RunConfig:
     experiment: str = "fedcloud"
     run_name: str = ""
     stack: str = ""
+    resume: bool = True
 
     def model_spec(self) -> dict[str, Any]:
         """Return the model spec ``fl.app.task.build_model`` takes (also recorded as run params)."""
@@ -125,6 +130,8 @@ class RunConfig:
                         raise TypeError
                     value = float(value)
                 elif kind == "str" and not isinstance(value, str):
+                    raise TypeError
+                if kind == "bool" and not isinstance(value, bool):
                     raise TypeError
             except (TypeError, ValueError):
                 raise RunConfigError(

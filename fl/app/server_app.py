@@ -30,8 +30,10 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from fl.app import task
+from fl.app.errors import AppError
 from fl.app.records import MISSING, RoundRecord, RoundStore
-from fl.app.runconfig import STATUS_MARK, RunConfig
+from fl.app.resume import DIGEST_TAG, Resumable, config_digest
+from fl.app.runconfig import RESUME_MARK, ROUND_MARK, STATUS_MARK, RunConfig
 from fl.app.strategy import BoundedFedAvg, NodesLostError
 
 STATUS_COMPLETED = "COMPLETED"
@@ -39,7 +41,8 @@ STATUS_NODES_LOST = "NODES_LOST"
 STATUS_FAILED = "FAILED"
 # RunConfig fields not recorded as run params: where and under which name to record, and the
 # stack and experiment (run tag ``stack`` and the MLflow experiment itself).
-UNRECORDED_FIELDS: tuple[str, ...] = ("tracking_uri", "run_name", "stack", "experiment")
+UNRECORDED_FIELDS: tuple[str, ...] = ("tracking_uri", "run_name", "stack", "experiment",
+                                      "resume")
 Handler = Callable[[int, FrameType | None], Any] | int
 # Signals that end the process: the store's run is closed as KILLED first.
 KILL_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
@@ -66,7 +69,8 @@ def _start_store_run(store: RoundStore, cfg: RunConfig, flower_run_id: int,
     # Each parameter once, under the RunConfig field name (the model spec's names among them).
     params = {k: v for k, v in asdict(cfg).items() if k not in UNRECORDED_FIELDS}
     params["model_bytes"] = model_bytes
-    tags = {"flower_run_id": str(flower_run_id), "stack": cfg.stack}
+    tags = {"flower_run_id": str(flower_run_id), "stack": cfg.stack,
+            DIGEST_TAG: config_digest(cfg)}
     return store.start_run(cfg.run_name or f"flower-{flower_run_id}", params, tags)
 
 
@@ -126,25 +130,39 @@ def killed_on_signal(closer: RunCloser,
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run ``num-server-rounds`` one-exchange FedAvg rounds and record every round."""
+    """Run ``num-server-rounds`` one-exchange FedAvg rounds and record every round.
+
+    With ``resume`` on and an unfinished run of the same config in the store, that run goes on
+    from its last committed round (its committed rounds' lines are printed again, marked
+    ``replayed``).
+    """
     cfg = RunConfig.from_flower(context.run_config)
     torch.manual_seed(cfg.seed)
     model = task.build_model(cfg.model_spec())
     size = task.model_bytes(model)
     store = open_round_store(cfg)
-    store_run_id = None if store is None else _start_store_run(store, cfg, context.run_id, size)
+    initial = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    found = _resumable(store, cfg, initial)
+    if store is None:
+        store_run_id = None
+    elif found is None:
+        store_run_id = _start_store_run(store, cfg, context.run_id, size)
+    else:
+        store_run_id = _resume_store_run(store, found, context.run_id, cfg)
+        initial = found.state if found.state is not None else initial
     closer = RunCloser(store)
     strategy = BoundedFedAvg(cfg, store)
+    first = 1 if found is None else found.server_round + 1
+    done_before = 0 if found is None else found.server_round
     log(INFO, "model %s: %d bytes of parameters, sent as %s", cfg.model, size, cfg.wire_dtype)
-    initial = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     with killed_on_signal(closer):
         try:
-            strategy.run(grid, initial)
+            strategy.run(grid, initial, first_round=first)
         except Exception as exc:
             lost = isinstance(exc, NodesLostError)
             detail = str(exc) if lost else f"{type(exc).__name__}: {exc}"
             _status_line(STATUS_NODES_LOST if lost else STATUS_FAILED, detail,
-                         len(strategy.rounds), store_run_id)
+                         done_before + len(strategy.rounds), store_run_id)
             closer.close("FAILED")
             raise
         except BaseException:  # SystemExit/KeyboardInterrupt: the process is being stopped
@@ -152,7 +170,39 @@ def main(grid: Grid, context: Context) -> None:
             raise
         closer.close("FINISHED")
     _status_line(STATUS_COMPLETED, f"{cfg.rounds} rounds" + _dropouts(strategy.rounds),
-                 len(strategy.rounds), store_run_id)
+                 done_before + len(strategy.rounds), store_run_id)
+
+
+def _resumable(store: RoundStore | None, cfg: RunConfig,
+               initial: dict[str, Any]) -> Resumable | None:
+    """The unfinished run to continue, if resuming applies (a store, ``resume`` on)."""
+    from fl.app.resume import find_resumable
+    from fl.app.store import MlflowRoundWriter
+
+    if not cfg.resume or not isinstance(store, MlflowRoundWriter):
+        return None
+    try:
+        return find_resumable(store, cfg, {k: tuple(v.shape) for k, v in initial.items()})
+    except AppError as exc:
+        _status_line(STATUS_FAILED, str(exc), 0, None)
+        raise
+
+
+def _resume_store_run(store: RoundStore, found: Resumable, flower_run_id: int,
+                      cfg: RunConfig) -> str:
+    """Reopen ``found``, print its committed rounds again and the resume line; return its id."""
+    from fl.app.resume import reopen, round_line
+    from fl.app.store import MlflowRoundWriter
+
+    assert isinstance(store, MlflowRoundWriter)
+    run_id = reopen(store, found, flower_run_id)
+    for doc in found.rounds:
+        log(INFO, "%s %s", ROUND_MARK, json.dumps(round_line(doc), sort_keys=True, default=str))
+    line = {"store_run_id": run_id, "was": found.status, "from_round": found.server_round,
+            "next_round": found.server_round + 1, "rounds": cfg.rounds,
+            "corrupt_rounds": list(found.corrupt), "resumes": found.resumes + 1}
+    log(INFO, "%s %s", RESUME_MARK, json.dumps(line, sort_keys=True))
+    return run_id
 
 
 def _dropouts(rounds: list[RoundRecord]) -> str:

@@ -267,6 +267,21 @@ class MlflowRoundWriter:
         self.active_run_id = run_id
         return run_id
 
+    def reopen_run(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """Make an unfinished run active again (status ``RUNNING``) to record more rounds.
+
+        Raises:
+            error: The run does not exist or the store failed.
+        """
+        from mlflow.entities import RunTag
+
+        with self.mlflow_errors(f"reopening run {run_id}", "check the store location."):
+            seen = self.client.get_run(run_id).data.tags.get(PARTICIPANTS_TAG, "")
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.log_batch(run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
+        self._participants[run_id] = {p for p in str(seen).split(",") if p}
+        self.active_run_id = run_id
+
     def log_round(self, record: RoundRecord, state_dict: Mapping[str, Any]) -> None:
         """Record one round's metrics and checkpoint; the round becomes visible only when complete.
 

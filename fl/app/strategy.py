@@ -75,8 +75,12 @@ class BoundedFedAvg:
 
     # -- the run ----------------------------------------------------------------------------
 
-    def run(self, grid: Grid, initial: State) -> State:
-        """Run ``num-server-rounds`` exchanges and the final evaluation; return the last model.
+    def run(self, grid: Grid, initial: State, first_round: int = 1) -> State:
+        """Run rounds ``first_round``..``num-server-rounds`` and the final evaluation.
+
+        ``initial`` is round ``first_round - 1``'s model (a resumed run's last committed one;
+        its replies' evaluations, already recorded, only go to the log). Returns the last
+        model; with every round already committed it returns ``initial`` at once.
 
         Raises:
             NodesLostError: A phase had fewer than ``min-nodes`` valid replies.
@@ -84,13 +88,17 @@ class BoundedFedAvg:
         self.grid = grid
         state = initial
         waiting: Aggregated | None = None
-        for server_round in range(1, self.cfg.rounds + 1):
+        if first_round > self.cfg.rounds:
+            log(INFO, "all %d rounds are committed already", self.cfg.rounds)
+            return state
+        for server_round in range(first_round, self.cfg.rounds + 1):
             started = time.monotonic()
             replies = self._phase(grid, TRAIN, server_round, state, MessageType.TRAIN)
             evaluated = self._evaluations(replies)
             if waiting is None:
                 self.initial_metrics = _global_metrics(evaluated)
-                log(INFO, "round 1: the initial model scored %s", self.initial_metrics)
+                log(INFO, "round %d: the model it started from scored %s", server_round,
+                    self.initial_metrics)
             else:
                 self._commit(waiting, evaluated, self._who(self.replied[TRAIN]))
             waiting = self._aggregate(server_round, state, replies)

@@ -17,10 +17,11 @@ import logging
 import shlex
 import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 60.0
 HEALTH_POLL_S = 0.25
 PROBE_TIMEOUT_S = 2.0
+# The aggregator's systemd unit restarts the SuperLink 5 s after it dies (infra/cloudinit.py).
+RESTART_S = 5.0
+WATCH_POLL_S = 0.5
 
 
 def health_ok(address: str, ca_cert: str | Path | None,
@@ -169,3 +173,83 @@ def free_port(host: str) -> int:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
+
+
+class SupervisedSuperLink:
+    """A local SuperLink kept running the way the aggregator's systemd unit keeps it.
+
+    When the process dies it is reaped (its ``flower-superexec`` and ServerApp, which watch
+    their parent's pid, exit within 0.2 s, as systemd's control-group kill ends them on the
+    VM) and started again after :data:`RESTART_S` with the same command line: same address,
+    same ``--database``, so nodes keep their ids and reconnect.
+
+    Args:
+        start: Starts the SuperLink and waits for ``/health`` (``start_superlink`` bound to its
+            arguments); called once now and again after every death.
+        on_restart: Called with each new SuperLink (to record its pid).
+    """
+
+    def __init__(self, start: Callable[[], SuperLinkProcess],
+                 on_restart: Callable[[SuperLinkProcess], None] | None = None) -> None:
+        self._start = start
+        self._on_restart = on_restart
+        self.link = start()
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="superlink-unit", daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` (the same across restarts)."""
+        return self.link.address
+
+    @property
+    def process(self) -> ManagedProcess:
+        """The current SuperLink process."""
+        return self.link.process
+
+    @property
+    def argv(self) -> list[str]:
+        """The command line (the same across restarts)."""
+        return self.link.argv
+
+    def alive(self) -> bool:
+        """Return whether the current SuperLink process runs."""
+        return self.link.alive()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(WATCH_POLL_S):
+            if self.link.alive():
+                continue
+            code = self.link.stop()
+            log.warning("the SuperLink at %s died (exit %s); restarting it in %.0f s",
+                        self.address, code, RESTART_S)
+            if self._stopping.wait(RESTART_S):
+                return
+            try:
+                self.link = self._start()
+            except TrainingError as exc:  # e.g. its port still held: try again later
+                log.warning("restarting the SuperLink failed: %s", exc)
+                continue
+            self.restarts += 1
+            if self._on_restart is not None:
+                self._on_restart(self.link)
+
+    def release(self) -> None:
+        """Stop watching; the SuperLink keeps running (stopped later by its owner)."""
+        self._stopping.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(RESTART_S + HEALTH_TIMEOUT_S)
+
+    def stop(self) -> int | None:
+        """Stop watching, then stop the SuperLink."""
+        self.release()
+        return self.link.stop()
+
+    def __enter__(self) -> SupervisedSuperLink:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

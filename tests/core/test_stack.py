@@ -90,3 +90,13 @@ def test_a_huge_value_is_cut_in_the_message() -> None:
     with pytest.raises(ConfigError) as err:
         stack(currency={"code": huge, "perUsd": 1})
     assert len(str(err.value)) < 400
+
+
+@pytest.mark.parametrize("key,value", [("maxResumes", -1), ("aggregatorWaitS", 0),
+                                       ("resume", "yes")])
+def test_resume_settings_are_checked_by_key(key: str, value: object) -> None:
+    default = stack().training
+    assert (default.resume, default.max_resumes, default.aggregator_wait_s) == (True, 5, 180.0)
+    assert stack(training={"resume": False}).training.run_config().resume is False
+    with pytest.raises(ConfigError, match=f"training.{key}"):
+        stack(training={key: value})

@@ -1,7 +1,8 @@
-"""Real Flower processes on loopback (127.0.2.0/24): TLS, node auth, training, a killed node.
+"""Real Flower processes on loopback (127.0.2.0/24): TLS, node auth, training, kills.
 
-A TLS SuperLink with node authentication, three SuperNodes on synthetic data in the Kaggle
-layout, the FL Initializer end to end, refused nodes, and a SuperNode killed mid-run.
+A TLS SuperLink with node authentication (restarted when it dies, as its systemd unit does),
+three SuperNodes on synthetic data in the Kaggle layout, the FL Initializer end to end, refused
+nodes, a SuperLink killed mid-run (the run resumes), and a SuperNode killed mid-run.
 
 One SuperLink and three SuperNodes serve the whole module (module-scoped fixtures); the tests run
 in file order and the kill test, which consumes a node, runs last.
@@ -52,7 +53,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
                     test_per_participant=12, image_size=IMAGE, seed=7)
     with local_federation(root, NAMES, data, link_host=LINK_HOST, node_hosts=NODE_HOSTS,
                           torch_threads=1, max_wait_time_s=60,
-                          online_timeout_s=ONLINE_TIMEOUT_S) as federation:
+                          online_timeout_s=ONLINE_TIMEOUT_S, supervised=True) as federation:
         yield federation
 
 
@@ -97,13 +98,29 @@ def _train(fed: LocalFederation, cfg: RunConfig, **kwargs: object) -> TrainingRe
                           **kwargs)  # type: ignore[arg-type]
 
 
-def test_end_to_end_training_records_every_round(fed: LocalFederation) -> None:
+def test_end_to_end_training_records_every_round_across_a_superlink_kill(
+        fed: LocalFederation) -> None:
     from fl.registry.store import load_model, open_store
 
     cfg = _config(tracking_uri=str(fed.root / "registry"), experiment="fedcloud-test",
                   run_name="e2e")
-    result = _train(fed, cfg)
+    old = fed.link.process
+    killed = threading.Event()
+
+    def on_round(rnd: dict[str, object]) -> None:
+        # Round 1 is committed once round 2's replies are in: kill in the final evaluation.
+        if rnd["round"] == 1 and not killed.is_set():
+            killed.set()
+            old.proc.kill()
+
+    result = _train(fed, cfg, on_round=on_round, max_resumes=2)
+    assert killed.is_set()
     assert (result.status, result.flower_status) == ("COMPLETED", "finished:completed")
+    # The SuperLink came back on its address and database; the job resumed once, at round 2.
+    assert fed.link.process is not old and fed.link.address == f"{LINK_HOST}:{old.argv[4]}"
+    assert len(result.flower_runs) == 2 and len(result.interruptions) == 1
+    assert [(r["from_round"], r["next_round"]) for r in result.resumes] == [(1, 2)]
+    assert fed.cli.run_info(CONNECTION, result.flower_runs[0]).finished
     assert [r["round"] for r in result.rounds] == [1, 2]
     for rnd in result.rounds:
         assert set(METRICS) <= set(rnd["metrics"])
@@ -112,11 +129,13 @@ def test_end_to_end_training_records_every_round(fed: LocalFederation) -> None:
         assert sum(map(sum, rnd["confusion"])) == 36
     assert result.rounds[-1]["metrics"]["accuracy"] > 1 / 3 + 0.1  # above chance (3 classes)
     assert result.network_bytes > 0
-    # The keys were registered by the fixture; registering them again is recognised.
+    # The keys were registered by the fixture; registering them again is recognised, and the
+    # restarted SuperLink kept the nodes' ids.
     assert result.node_ids == fed.node_ids
 
     store = open_store(str(fed.root / "registry"), "fedcloud-test")
-    run = store.run(result.store_run_id)
+    (run,) = store.runs()  # one store run for the job: every round in it once
+    assert (run.run_id, run.status) == (result.store_run_id, "FINISHED")
     assert [r.server_round for r in run.rounds] == [1, 2]
     for rnd in run.rounds:
         path, _card = store.download(fed.root / f"round-{rnd.server_round}.pt",

@@ -279,12 +279,17 @@ def test_dispatch_wires_orchestrator_and_initializer(wired: dict[str, Any],
     # ints survive: the config travels as JSON text, not as Pulumi's float-only numbers
     assert training["run_config"].rounds == 3
     assert training["run_config"].tracking_uri == AGGREGATOR_REGISTRY_DIR
+    # The cloud path resumes like the local one: the ServerApp finds the unfinished run of the
+    # same config on the VM's store, and a lost aggregator is waited for and resubmitted.
+    assert training["run_config"].resume is True
+    assert (training["max_resumes"], training["aggregator_wait_s"]) == (5, 180.0)
     outs = created.outs
     assert outs is not None
     assert outs["participants"]["hospital-us"]["vm"] == "vm-001"
     assert outs["participants"]["hospital-us"]["attempts"] == 2
     assert outs["training"]["runId"] == "7" and outs["training"]["status"] == "COMPLETED"
     assert outs["training"]["bestModel"]["round"] == 2
+    assert (outs["training"]["flowerRuns"], outs["training"]["resumedFrom"]) == ([], [])
     assert "node_keys" not in outs and "server_key" not in outs
 
 

@@ -139,3 +139,20 @@ def test_weighted_mean_is_fedavg_and_refuses_mismatched_updates() -> None:
         weighted_mean([a, {"w": np.zeros(3, np.float32)}], [1, 1])
     with pytest.raises(ValueError, match="sum to 0"):
         weighted_mean([a], [0])
+
+
+def test_a_resumed_run_goes_on_from_its_committed_round_to_the_same_weights() -> None:
+    _, whole, _ = _run(_cfg())
+    grid, store = _Participants(), _Store()
+    state = whole.rounds[0][1]  # round 1's committed weights
+    final = BoundedFedAvg(_cfg(), store).run(grid, state, first_round=2)  # type: ignore[arg-type]
+    assert [r.server_round for r, _ in store.rounds] == [2, 3]
+    for (got, got_state), (want, want_state) in zip(store.rounds, whole.rounds[1:], strict=True):
+        assert np.array_equal(got_state["w"], want_state["w"])
+        assert got.metrics["loss"] == pytest.approx(want.metrics["loss"])
+    assert np.array_equal(final["w"], whole.rounds[-1][1]["w"])
+    assert [kind for kind, _ in grid.pushes] == [MessageType.TRAIN] * 2 + [MessageType.EVALUATE]
+    # Everything committed already: nothing is sent.
+    done = _Participants()
+    BoundedFedAvg(_cfg(), _Store()).run(done, state, first_round=4)  # type: ignore[arg-type]
+    assert done.pushes == []
