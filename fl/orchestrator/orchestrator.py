@@ -56,6 +56,7 @@ from fl.orchestrator.scripts import (
     wait_status,
 )
 from fl.orchestrator.ssh import Session, SshError, Transport
+from fl.orchestrator.warmstart import SHIM_FILE, STARTER_FILE, shim_text, starter_text
 from fl.orchestrator.watcher import OFFLINE_GRACE_S, WATCH_INTERVAL_S, Watcher
 
 log = logging.getLogger(__name__)
@@ -293,7 +294,7 @@ class Orchestrator:
         if not prep.ok or not port.isdigit() or not directory.startswith("/"):
             raise StartFailed("prepare", f"cannot prepare {declared}: {prep.tail()}")
         self._upload(session, directory, name, launch_script(
-            directory, self.launches[name], name, int(port), vm.venv))
+            directory, self.launches[name], name, int(port), vm.venv), python)
         started_at = time.time()
         res = session.run(start_command(directory, self.restart_delay_s, ACTIVATION_HOLD_S,
                                         held=rejoin))
@@ -303,7 +304,8 @@ class Orchestrator:
         self._wait_online(session, name, directory, started_at, rejoin)
         return NodePlacement(name, vm, directory, int(pid), int(port), started_at)
 
-    def _upload(self, session: Session, directory: str, name: str, launch: str) -> None:
+    def _upload(self, session: Session, directory: str, name: str, launch: str,
+                python: str) -> None:
         node = self.launches[name]
         try:
             ca = node.ca_cert.read_bytes()
@@ -316,6 +318,8 @@ class Orchestrator:
         session.put(key, f"{directory}/{KEY_FILE}", 0o600)
         session.put(launch.encode(), f"{directory}/{LAUNCH_FILE}", 0o700)
         session.put(SUPERVISOR_SCRIPT.encode(), f"{directory}/{SUPERVISOR_FILE}", 0o700)
+        session.put(starter_text().encode(), f"{directory}/{STARTER_FILE}", 0o600)
+        session.put(shim_text(python).encode(), f"{directory}/{SHIM_FILE}", 0o700)
 
     def _wait_online(self, session: Session, name: str, directory: str, started_at: float,
                      rejoin: bool) -> None:

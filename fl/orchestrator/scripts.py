@@ -17,6 +17,7 @@ from fedcloud.core.participants import VmSpec
 from fl.orchestrator.nodes import NodeLaunch
 from fl.orchestrator.ssh import Session, remote_command
 from fl.orchestrator.supernode import supernode_argv, supernode_env, supernode_shell_command
+from fl.orchestrator.warmstart import launch_lines
 
 DEFAULT_WORK_DIR = "fedcloud"
 """A VM's work directory when the inventory sets none (relative: under the SSH user's home)."""
@@ -143,7 +144,7 @@ def prepare_command(directory: str, python: str) -> str:
 
 def launch_script(directory: str, launch: NodeLaunch, participant: str, runtime_port: int,
                   venv: str | None) -> str:
-    """Return ``launch.sh``: the participant's ``flower-supernode`` line with absolute paths.
+    """Return ``launch.sh``: the warm starter, then the participant's ``flower-supernode`` line.
 
     Args:
         directory: The participant's directory on the VM, absolute (from :func:`prepare_command`).
@@ -166,8 +167,9 @@ def launch_script(directory: str, launch: NodeLaunch, participant: str, runtime_
         executable=f"{bin_dir}/flower-supernode" if bin_dir else "flower-supernode",
     )
     env = supernode_env(flwr_home=f"{directory}/{FLWR_HOME}", venv_bin=bin_dir)
+    warm = launch_lines(directory, f"{bin_dir}/python" if bin_dir else "python3")
     return ("#!/bin/sh\n# Written by fedcloud (fl/orchestrator/scripts.py)\n"
-            + supernode_shell_command(argv, env) + "\n")
+            + supernode_shell_command(argv, env, before=warm) + "\n")
 
 
 def start_command(directory: str, delay_s: float, hold_s: float = 0.0,

@@ -22,6 +22,7 @@ from fedcloud.core.flower import FLOWER_QUIET_ENV, default_executable, venv_bin_
 from fedcloud.core.procs import ManagedProcess, spawn
 from fedcloud.core.training import config_args
 from fl.app.runconfig import NODE_DATA_DIR, NODE_PARTICIPANT, NODE_TORCH_THREADS
+from fl.orchestrator.warmstart import launch_lines, write_local
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +112,17 @@ def supernode_env(flwr_home: str, venv_bin: str | None = None) -> dict[str, str]
     return env
 
 
-def supernode_shell_command(argv: list[str], env: Mapping[str, str]) -> str:
-    """Return one POSIX ``sh`` command line that sets ``env`` and execs ``argv`` (for SSH).
+def supernode_shell_command(argv: list[str], env: Mapping[str, str],
+                            before: str = "") -> str:
+    """Return POSIX ``sh`` that sets ``env`` and execs ``argv`` (for SSH), after ``before``.
 
     ``PATH`` may reference ``$PATH``; it is expanded by the remote shell, every other value is
-    quoted literally.
+    quoted literally. ``before`` (e.g. :func:`fl.orchestrator.warmstart.launch_lines`) runs
+    first in the same shell, with ``env`` already exported.
     """
+    if before:
+        exports = supernode_shell_command(["true"], env).removeprefix("exec env ")
+        return f"export {exports.removesuffix(' true')}\n{before}\nexec {shlex.join(argv)}"
     parts = []
     for key, value in env.items():
         if key == "PATH" and value.endswith(":$PATH"):
@@ -140,6 +146,7 @@ def start_supernode(
     insecure: bool = False,
     executable: str | None = None,
     torch_threads: int = 0,
+    warm: bool = True,
 ) -> ManagedProcess:
     """Start a SuperNode locally (its own process group, FLWR_HOME and log).
 
@@ -156,6 +163,7 @@ def start_supernode(
         insecure: Development only (logged).
         executable: ``flower-supernode`` path; default: next to this Python.
         torch_threads: See :func:`supernode_argv`.
+        warm: Start its ClientApps warm (``fl.orchestrator.warmstart``), as on a VM.
 
     Returns:
         The running process (check it comes online with
@@ -173,4 +181,9 @@ def start_supernode(
     )
     work_dir.mkdir(parents=True, exist_ok=True)
     env = venv_bin_env(exe, supernode_env(str(work_dir / "flwr-home")))
+    if warm:
+        python = str(Path(exe).with_name("python"))
+        write_local(work_dir, python)
+        lines = launch_lines(str(work_dir), python)
+        argv = ["sh", "-c", f"{lines}\nexec \"$@\"", "sh", *argv]
     return spawn(argv, env, work_dir / "supernode.log", cwd=work_dir)

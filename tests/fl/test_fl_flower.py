@@ -122,6 +122,11 @@ def test_end_to_end_training_records_every_round_across_a_superlink_kill(
     assert [(r["from_round"], r["next_round"]) for r in result.resumes] == [(1, 2)]
     assert fed.cli.run_info(CONNECTION, result.flower_runs[0]).finished
     assert [r["round"] for r in result.rounds] == [1, 2]
+    # Every ClientApp was forked warm by its node's starter (fl/orchestrator/warm/).
+    for proc in fed.nodes.values():
+        text = proc.log_text()
+        assert "warm ClientApp starter ready on" in text
+        assert text.count("warm ClientApp start, pid") >= 3  # rounds 1-2 (+ again) and final
     for rnd in result.rounds:
         assert set(METRICS) <= set(rnd["metrics"])
         assert sorted(c["participant"] for c in rnd["per_client"]) == sorted(NAMES)

@@ -313,11 +313,15 @@ def test_default_work_dir_is_resolved_before_any_path_is_used(tmp_path: Path) ->
     prepare = next(c for c in st.commands if "socket.socket()" in c)
     assert "mkdir -p fedcloud/fedcloud-us" in prepare and 'echo "dir=$(pwd -P)"' in prepare
     assert sorted(st.uploads) == [f"{base}/{name}" for name in
-                                  ("ca.pem", "launch.sh", "node.key", "supervise.sh")]
+                                  ("ca.pem", "flwr-clientapp", "launch.sh", "node.key",
+                                   "supervise.sh", "warm-starter.py")]
     script = st.uploads[f"{base}/launch.sh"][0].decode()
     assert f"--root-certificates {base}/ca.pem" in script
     assert f"--auth-supernode-private-key {base}/node.key" in script
     assert f"FLWR_HOME={base}/flwr-home" in script
+    # The warm starter runs from the node's directory, which goes first on the PATH.
+    assert f"{base}/warm-starter.py" in script and f"PATH={base}:" in script
+    assert st.uploads[f"{base}/flwr-clientapp"][0].startswith(b"#!/opt/venv/bin/python -S\n")
     assert "fedcloud/fedcloud-us/" not in script.replace(base, "")  # no relative path left
     assert res.placement is not None and res.placement.remote_dir == base
     assert orch.stop({"us": res.placement}) == {"us": None}
