@@ -183,7 +183,8 @@ def pending_resume(cfg: StackConfig, store: str | None) -> str | None:
     if run is None:
         return None
     done = [n for n, _ in committed_rounds(run)]
-    where = f"rounds 1-{done[-1]} committed, going on at round {done[-1] + 1}" if done else \
+    span = "round 1" if done == [1] else f"rounds 1-{done[-1]}" if done else ""
+    where = f"{span} committed, going on at round {done[-1] + 1}" if done else \
         "no round committed yet, starting at round 1"
     return (f"resuming run {run.info.run_id} ({run.info.status}; {where} of "
             f"{cfg.training.rounds}); set fedcloud:training.resume: false to start over")

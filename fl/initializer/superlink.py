@@ -228,19 +228,27 @@ class SupervisedSuperLink:
             if self._stopping.wait(RESTART_S):
                 return
             try:
-                self.link = self._start()
+                new = self._start()
             except TrainingError as exc:  # e.g. its port still held: try again later
                 log.warning("restarting the SuperLink failed: %s", exc)
                 continue
+            if self._stopping.is_set():  # released while it started: not ours to keep
+                new.stop()
+                return
+            self.link = new
             self.restarts += 1
             if self._on_restart is not None:
                 self._on_restart(self.link)
 
     def release(self) -> None:
-        """Stop watching; the SuperLink keeps running (stopped later by its owner)."""
+        """Stop watching; the SuperLink keeps running (stopped later by its owner).
+
+        Returns at once even while a restart is under way: that SuperLink is then stopped by
+        the watcher as soon as it is up, never left behind.
+        """
         self._stopping.set()
         if self._thread is not threading.current_thread():
-            self._thread.join(RESTART_S + HEALTH_TIMEOUT_S)
+            self._thread.join(2 * WATCH_POLL_S)
 
     def stop(self) -> int | None:
         """Stop watching, then stop the SuperLink."""
