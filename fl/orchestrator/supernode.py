@@ -120,15 +120,14 @@ def supernode_shell_command(argv: list[str], env: Mapping[str, str],
     quoted literally. ``before`` (e.g. :func:`fl.orchestrator.warmstart.launch_lines`) runs
     first in the same shell, with ``env`` already exported.
     """
-    if before:
-        exports = supernode_shell_command(["true"], env).removeprefix("exec env ")
-        return f"export {exports.removesuffix(' true')}\n{before}\nexec {shlex.join(argv)}"
     parts = []
     for key, value in env.items():
         if key == "PATH" and value.endswith(":$PATH"):
             parts.append(f'PATH={shlex.quote(value[: -len(":$PATH")])}:"$PATH"')
         else:
             parts.append(f"{key}={shlex.quote(value)}")
+    if before:
+        return f"export {' '.join(parts)}\n{before}\nexec {shlex.join(argv)}"
     return " ".join(["exec", "env", *parts, shlex.join(argv)])
 
 
