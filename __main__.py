@@ -3,7 +3,7 @@
 ``pulumi.Config()`` is read once into a :class:`StackConfig`; the optimizer's choice becomes the
 aggregator VM in that cloud; dynamic resources wait for the SuperLink and run the one federation
 path (``fedcloud/federation.py``). Outputs: ``aggregator``, ``plan``, ``participants``,
-``training``. Bad config fails with ``pulumi.RunError`` naming the key and the fix.
+``training``, ``protection``. Bad config fails with ``pulumi.RunError`` naming the key and the fix.
 """
 
 from __future__ import annotations
@@ -114,6 +114,7 @@ def main() -> None:
     pulumi.export("plan", plan_output(planned))
     pulumi.export("participants", dispatch.participants)
     pulumi.export("training", dispatch.training)
+    pulumi.export("protection", federation.protection_output(cfg.training))
 
 
 main()

@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                     num_classes=MODEL_CLASSES[args.model], rounds=args.rounds,
                     local_epochs=args.epochs, batch_size=16, learning_rate=0.02,
                     fraction_train=1.0, min_nodes=args.nodes, phase_timeout_s=600,
-                    node_wait_s=120, seed=1, wire_dtype=args.wire_dtype)
+                    node_wait_s=120, seed=1, wire_dtype=args.wire_dtype,
+                    secure_aggregation=False)  # its cost: benchmarks/secure_round.py
     size = model_bytes(build_model(cfg.model_spec()))
     names = [f"p{i + 1}" for i in range(args.nodes)]
     root = Path(tempfile.mkdtemp(prefix="fedcloud-bench-"))
@@ -115,7 +116,7 @@ def _run(fed: LocalFederation, cfg: RunConfig, args: argparse.Namespace, size: i
         "max_client_process_s": round(rnd.get("max_client_process_s", -1.0), 2),
         "accuracy": round(rnd["metrics"]["accuracy"], 4),
     } for rnd in result.rounds]
-    declared = traffic(cfg.wire_dtype)
+    declared = traffic(cfg.wire_dtype, cfg.secure_aggregation)
     down, up = declared.job_bytes(size, args.nodes, cfg.rounds)
     per_round = (result.network_bytes - one.network_bytes) / max(cfg.rounds - 1, 1)
     copies = per_round / size

@@ -8,6 +8,8 @@ mappers here, so the output schema is declared once. See docs/architecture.md.
 from __future__ import annotations
 
 import json
+import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from fedcloud.core.config import from_mapping
 from fedcloud.core.errors import RegistryError, TrainingError
 from fedcloud.core.participants import Participant, VmSpec
 from fedcloud.core.stack import StackConfig, parse
+from fedcloud.core.training import TrainingSettings
 from fl.initializer.flwr_cli import FlwrCli
 from fl.initializer.training import CONNECTION, TrainingResult, register_nodes, start_training
 from fl.orchestrator import (
@@ -29,6 +32,8 @@ from fl.orchestrator.ssh import ParamikoTransport, Transport
 from fl.registry.criteria import Criteria, choose
 from infra.cloudinit import AGGREGATOR_REGISTRY_DIR
 from optimizer import PlanRequest, PlanResult, plan
+
+log = logging.getLogger(__name__)
 
 # The stack's keys whose change means a new training run (the Pulumi dispatch resource's diff).
 DISPATCH_KEYS = ("participants", "training", "orchestrator", "registry", "bestModel", "stateDir")
@@ -61,11 +66,13 @@ class FederationResult:
         dispatch: Per-participant dispatch results (VM used, every VM tried and why).
         training: The training run's result; ``None`` when no participant was dispatched.
         best: The ``bestModel`` output (``None`` unless the run completed with rounds).
+        protection: The ``protection`` output (:func:`protection_output`).
     """
 
     dispatch: DispatchResult
     training: TrainingResult | None
     best: dict[str, Any] | None = None
+    protection: dict[str, Any] | None = None
 
 
 def offered_clouds(cfg: StackConfig) -> list[str]:
@@ -88,11 +95,18 @@ def criteria(cfg: StackConfig) -> Criteria:
 def validate(cfg: StackConfig) -> PlanResult:
     """Check everything that can be checked before anything starts; return the plan.
 
+    Both compositions call it once per run: it logs the warning of a stack whose training runs
+    without secure aggregation.
+
     Raises:
         FedcloudError: The first problem, by stack key, before any process or file is touched.
     """
     criteria(cfg)
-    return plan(plan_request(cfg))
+    planned = plan(plan_request(cfg))
+    warning = cfg.training.exposure_warning(cfg.stack)
+    if warning is not None:
+        log.warning(warning)
+    return planned
 
 
 def run_federation(
@@ -141,8 +155,9 @@ def run_federation(
     dispatched = orchestrator.dispatch()
     if on_dispatched is not None:
         on_dispatched(dispatched)
+    protection = protection_output(cfg.training)
     if not dispatched.succeeded:
-        return FederationResult(dispatched, None)
+        return FederationResult(dispatched, None, protection=protection)
     placements = dispatched.placements()
     run_config = cfg.training.run_config(tracking_uri=aggregator.tracking_uri,
                                          experiment=cfg.registry.experiment, stack=cfg.stack)
@@ -156,7 +171,7 @@ def run_federation(
     finally:
         orchestrator.stop(placements)
     best = best_model(cfg, trained, aggregator.store) if trained.status == "COMPLETED" else None
-    return FederationResult(dispatched, trained, best)
+    return FederationResult(dispatched, trained, best, protection)
 
 
 def pending_resume(cfg: StackConfig, store: str | None) -> str | None:
@@ -330,15 +345,16 @@ def training_output(tr: TrainingResult | None, best: Mapping[str, Any] | None = 
     ``droppedParticipants``, ``missedRounds`` (participant -> rounds without it) and
     ``degraded`` (a run that continued without a participant in some round; the status stays
     Flower's, the detail says who missed which rounds); ``flowerRuns`` (the job's Flower runs),
-    ``resumedFrom`` (each resume: the store run, its status then, the round it went on from)
-    and ``interruptions`` (why each earlier Flower run ended).
+    ``resumedFrom`` (each resume: the store run, its status then, the round it went on from),
+    ``interruptions`` (why each earlier Flower run ended) and ``epsilon`` (the differential
+    privacy spent, the last round's ``dp_epsilon``; ``None`` without it).
     """
     if tr is None:
         return {"runId": None, "status": "NOT_STARTED", "detail": "no participant dispatched",
                 "flowerStatus": None, "rounds": 0, "bestModel": None, "elapsedS": None,
                 "networkBytes": None, "storeRunId": None, "contributors": {},
                 "droppedParticipants": [], "missedRounds": {}, "degraded": False,
-                "flowerRuns": [], "resumedFrom": [], "interruptions": []}
+                "flowerRuns": [], "resumedFrom": [], "interruptions": [], "epsilon": None}
     missed = _missed_rounds(tr)
     detail = tr.detail
     if missed:
@@ -356,15 +372,35 @@ def training_output(tr: TrainingResult | None, best: Mapping[str, Any] | None = 
             "resumedFrom": [{"storeRunId": r.get("store_run_id"), "was": r.get("was"),
                              "fromRound": r.get("from_round"),
                              "corruptRounds": r.get("corrupt_rounds", [])} for r in tr.resumes],
-            "interruptions": list(tr.interruptions)}
+            "interruptions": list(tr.interruptions), "epsilon": _epsilon(tr)}
+
+
+def _epsilon(tr: TrainingResult) -> float | None:
+    """The last round's ``dp_epsilon`` (the ServerApp's account so far), if a finite number."""
+    value = tr.rounds[-1].get("dp_epsilon") if tr.rounds else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def protection_output(training: TrainingSettings) -> dict[str, Any]:
+    """The ``protection`` output, from the stack's options alone (known before training).
+
+    ``secureAggregation``, ``privacy`` (``None`` when off), ``aggregatorSees`` and
+    ``participantsSee`` (short plain sentences of what each party can see).
+    """
+    return training.protection_output()
 
 
 def outputs(aggregator: Mapping[str, Any], planned: Mapping[str, Any],
             fed: FederationResult) -> dict[str, Any]:
-    """The four stack outputs: ``aggregator``, ``plan``, ``participants``, ``training``."""
+    """The stack outputs: ``aggregator``, ``plan``, ``participants``, ``training``, ``protection``.
+
+    ``protection`` is ``None`` for a result built without it.
+    """
     return {"aggregator": dict(aggregator), "plan": dict(planned),
             "participants": participants_output(fed.dispatch, fed.training),
-            "training": training_output(fed.training, fed.best)}
+            "training": training_output(fed.training, fed.best), "protection": fed.protection}
 
 
 def raise_on_failure(cfg: StackConfig, fed: FederationResult, where: str) -> None:

@@ -39,8 +39,9 @@ SERVICE_USER = "flwr"
 ADMIN_USER = "fedcloud"
 # torch comes from the CPU wheel index: a plain resolver pulls the multi-GB CUDA build.
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
-# The ServerApp (FedAvg over torch arrays, the MLflow round store) runs on the SuperLink host.
-SERVER_PACKAGES = ("flwr", "numpy", "mlflow")
+# The ServerApp (FedAvg over torch arrays, the MLflow round store, the privacy accountant) runs
+# on the SuperLink host.
+SERVER_PACKAGES = ("flwr", "numpy", "mlflow", "opacus")
 
 
 # The unit's sandbox: `systemd-analyze security` rates it 1.4 "OK" (8.9 "EXPOSED" without).

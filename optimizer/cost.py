@@ -74,7 +74,7 @@ def memory_need_gib(n_participants: int, cm: CostModel, measured: Mapping[str, f
     return (measured["serverapp_baseline_mb"] * BYTES_PER_MB + model * copies) / BYTES_PER_GIB
 
 
-def _exchange_seconds(copies: int, n: int, cm: CostModel, nic_gbps: np.ndarray) -> np.ndarray:
+def _exchange_seconds(copies: float, n: int, cm: CostModel, nic_gbps: np.ndarray) -> np.ndarray:
     """Transfer time of ``copies`` per participant: the slower of a link and the VM's NIC."""
     bits = copies * copy_bytes(cm) * 8.0
     link = bits / (cm.bandwidth_mbps * 1e6)
@@ -94,7 +94,9 @@ def round_seconds(rtt_ms: np.ndarray, region_of: np.ndarray, nic_gbps: np.ndarra
         aggregate_s_per_mb: Aggregation time per MB of updates (measured, one thread).
     """
     n = rtt_ms.shape[0]
-    rtt_s = cm.rtts_per_round * rtt_ms.max(axis=0) / 1000.0
+    # The stack's round trips of the model exchange plus those of the secure key exchanges.
+    rtts = cm.rtts_per_round + cm.traffic.extra_rtts_per_round
+    rtt_s = rtts * rtt_ms.max(axis=0) / 1000.0
     transfer = _exchange_seconds(cm.traffic.round_copies(), n, cm, nic_gbps)
     aggregate = n * cm.model_mb * aggregate_s_per_mb
     return np.asarray(cm.round_train_s + transfer + rtt_s[region_of] + aggregate)

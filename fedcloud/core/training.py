@@ -2,21 +2,26 @@
 
 :meth:`TrainingSettings.run_config` maps it to the keys the ServerApp reads
 (``fl/app/runconfig.py``); :func:`config_args` renders ``--run-config``/``--node-config``.
+:meth:`TrainingSettings.protection_output` says what each party sees with the stack's secure
+aggregation and differential-privacy options.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from fedcloud.core.config import ConfigView
 from fedcloud.core.errors import ConfigError
 from fl.app.protocol import WIRE_DTYPES
-from fl.app.runconfig import MODEL_CLASSES, MODEL_FIXED_IMAGE_SIZE, RunConfig
+from fl.app.runconfig import DP_PLACEMENTS, MODEL_CLASSES, MODEL_FIXED_IMAGE_SIZE, RunConfig
 
 KEYS = ("model", "width", "imageSize", "rounds", "localEpochs", "batchSize", "learningRate",
         "fractionTrain", "minNodes", "phaseTimeoutS", "nodeWaitS", "seed", "delayProb", "delayS",
-        "wireDtype", "resume", "maxResumes", "aggregatorWaitS", "insecure")
+        "wireDtype", "resume", "maxResumes", "aggregatorWaitS", "insecure", "secureAggregation",
+        "privacy")
+PRIVACY_KEYS = ("placement", "clippingNorm", "noiseMultiplier", "delta")
 
 
 def config_args(values: Mapping[str, str | int | float | bool]) -> str:
@@ -49,6 +54,38 @@ def config_args(values: Mapping[str, str | int | float | bool]) -> str:
 
 
 @dataclass(frozen=True)
+class PrivacySettings:
+    """``fedcloud:training.privacy``: differential privacy of the released models.
+
+    Attributes:
+        placement: ``off``; ``client`` (each participant clips its update to ``clipping_norm``
+            and adds its share of Gaussian noise, so that the sum carries
+            ``noise_multiplier * clipping_norm``); ``server`` (participants clip, the
+            aggregator adds that noise to the sum).
+        clipping_norm: L2 bound of one participant's update.
+        noise_multiplier: Noise standard deviation over ``clipping_norm`` (> 0 unless off).
+        delta: The delta of the (epsilon, delta) guarantee.
+    """
+
+    placement: str
+    clipping_norm: float
+    noise_multiplier: float
+    delta: float
+
+    @property
+    def enabled(self) -> bool:
+        """Whether noise is added (``placement`` is not ``off``)."""
+        return self.placement != "off"
+
+    def to_output(self) -> dict[str, Any] | None:
+        """The ``protection.privacy`` output: the settings, or ``None`` when off."""
+        if not self.enabled:
+            return None
+        return {"placement": self.placement, "clippingNorm": self.clipping_norm,
+                "noiseMultiplier": self.noise_multiplier, "delta": self.delta}
+
+
+@dataclass(frozen=True)
 class TrainingSettings:
     """The validated ``fedcloud:training`` section.
 
@@ -75,6 +112,9 @@ class TrainingSettings:
         max_resumes: How many times one job resumes by itself after its aggregator died.
         aggregator_wait_s: Longest wait for the restarted SuperLink to answer, each time.
         insecure: Development only: no TLS and no node authentication (logged).
+        secure_aggregation: SecAgg+: the aggregator sees only the sum of each round's masked
+            updates; false (an explicit choice, logged as a warning) shows it each update.
+        privacy: Differential privacy of the released models.
     """
 
     model: str
@@ -96,6 +136,8 @@ class TrainingSettings:
     max_resumes: int
     aggregator_wait_s: float
     insecure: bool
+    secure_aggregation: bool
+    privacy: PrivacySettings
 
     @property
     def num_classes(self) -> int:
@@ -113,13 +155,98 @@ class TrainingSettings:
             phase_timeout_s=self.phase_timeout_s, node_wait_s=self.node_wait_s, seed=self.seed,
             delay_prob=self.delay_prob, delay_s=self.delay_s, wire_dtype=self.wire_dtype,
             tracking_uri=tracking_uri, experiment=experiment, run_name=run_name, stack=stack,
-            resume=self.resume,
+            resume=self.resume, secure_aggregation=self.secure_aggregation,
+            dp_placement=self.privacy.placement, dp_clipping_norm=self.privacy.clipping_norm,
+            dp_noise_multiplier=self.privacy.noise_multiplier, dp_delta=self.privacy.delta,
         )
 
     def run_config_arg(self, tracking_uri: str = "", experiment: str = "fedcloud",
                        run_name: str = "", stack: str = "") -> str:
         """Return the ``--run-config`` string for ``flwr run``."""
         return config_args(self.run_config(tracking_uri, experiment, run_name, stack).to_flower())
+
+    def exposure_warning(self, stack: str) -> str | None:
+        """The warning to log once per run when secure aggregation is off (else ``None``)."""
+        if self.secure_aggregation:
+            return None
+        return (f"stack '{stack}': fedcloud:training.secureAggregation is false: the aggregator "
+                "sees each participant's model update in clear; set it to true for SecAgg+")
+
+    def protection_output(self) -> dict[str, Any]:
+        """The ``protection`` stack output: the options and what each party can see with them.
+
+        ``{"secureAggregation", "privacy" (``None`` when off), "aggregatorSees",
+        "participantsSee"}``; the two lists are short plain sentences.
+        """
+        return {"secureAggregation": self.secure_aggregation,
+                "privacy": self.privacy.to_output(),
+                "aggregatorSees": _aggregator_sees(self.secure_aggregation, self.privacy),
+                "participantsSee": ["each round's global model and the final global model, and "
+                                    "of another participant's update nothing beyond what these "
+                                    "models reveal", *_dp_guarantee(self.privacy)]}
+
+
+def _aggregator_sees(secure: bool, privacy: PrivacySettings) -> list[str]:
+    sees = ["each round: only the sum of the participants' masked model updates (SecAgg+), "
+            "never one participant's update" if secure else
+            "each round: every participant's model update in clear (secure aggregation is off)",
+            "in clear, per participant: its evaluation metrics and confusion matrix, its train "
+            "and evaluation example counts, its train loss and timings",
+            "who took part in each round and when",
+            "each round's global model and the final global model"]
+    if privacy.placement == "server":
+        sees.append(("the sum of the clipped updates" if secure else "each clipped update")
+                    + " before it adds the noise to their sum: the differential-privacy "
+                    "guarantee does not hold against the aggregator")
+    elif privacy.placement == "client" and secure:
+        sees.append("a sum that already carries the noise: the differential-privacy guarantee "
+                    "holds against the aggregator too")
+    elif privacy.placement == "client":
+        sees.append("each update with only its participant's share of the noise: the "
+                    "differential-privacy guarantee does not hold against the aggregator")
+    if privacy.enabled:
+        sees += _dp_guarantee(privacy)
+        sees.append("the figures sent in clear (metrics, confusion matrices, counts, loss, "
+                    "timings) are not covered by differential privacy")
+    return sees
+
+
+def _dp_guarantee(privacy: PrivacySettings) -> list[str]:
+    if not privacy.enabled:
+        return []
+    return [f"the released models (every round's and the final one, together) carry (epsilon, "
+            f"delta={privacy.delta:g})-differential privacy with respect to any one "
+            "participant's whole data (epsilon: the training output's epsilon)"]
+
+
+def parse_privacy(view: ConfigView) -> PrivacySettings:
+    """Parse ``fedcloud:training.privacy`` (sub-keys left out took Pulumi.yaml's defaults).
+
+    Raises:
+        ConfigError: Unknown sub-key, wrong type or a value out of range (names the key).
+    """
+    view.check_keys(PRIVACY_KEYS)
+    if view.data.get("placement") is False:  # YAML 1.1 reads an unquoted `off` as false
+        view = ConfigView(view.source, view.prefix, {**view.data, "placement": "off"})
+    if view.data.get("placement") is True:
+        raise view.error("placement", f"is true, not one of {list(DP_PLACEMENTS)}",
+                         f"set {view.key('placement')} to client or server.")
+    placement = view.get_str("placement", choices=DP_PLACEMENTS)
+    noise = view.get_float("noiseMultiplier", minimum=0, maximum=1000)
+    if placement != "off" and noise == 0:
+        raise view.error("noiseMultiplier", f"is 0 with placement '{placement}' (no noise, so "
+                         "no differential privacy)",
+                         f"set {view.key('noiseMultiplier')} > 0 (e.g. 1.0), or set "
+                         f"{view.key('placement')} to off.")
+    delta = view.get_float("delta", minimum=0, exclusive_minimum=True)
+    if delta >= 1:
+        raise view.error("delta", f"must be < 1, got {delta:g}",
+                         f"set {view.key('delta')} between 0 and 1, e.g. 0.00001.")
+    return PrivacySettings(
+        placement=placement,
+        clipping_norm=view.get_float("clippingNorm", minimum=0, maximum=1e6,
+                                     exclusive_minimum=True),
+        noise_multiplier=noise, delta=delta)
 
 
 def parse_training(view: ConfigView) -> TrainingSettings:
@@ -160,5 +287,7 @@ def parse_training(view: ConfigView) -> TrainingSettings:
         max_resumes=view.get_int("maxResumes", minimum=0, maximum=100),
         aggregator_wait_s=view.get_float("aggregatorWaitS", minimum=1, maximum=3600),
         insecure=view.get_bool("insecure"),
+        secure_aggregation=view.get_bool("secureAggregation"),
+        privacy=parse_privacy(view.sub("privacy")),
     )
     return settings

@@ -6,7 +6,8 @@ One message a round (``fl/app/protocol.py``): the ``train`` handler evaluates th
 it received on the local test split, trains it, and returns the update (as ``wire-dtype``) with
 both metric sets; ``evaluate`` serves the run's final evaluation. Each reply carries one
 MetricRecord (``num-examples`` = training examples, the FedAvg weight) and a ConfigRecord
-naming the participant.
+naming the participant. In a secure round (``fl/app/secure.py``) :func:`secure_mod` runs flwr's
+``secaggplus_mod``: the update leaves only masked; the metrics stay in clear.
 """
 
 from __future__ import annotations
@@ -15,16 +16,29 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import Code, FitRes, Status, bytes_to_ndarray, ndarray_to_bytes
+from flwr.common import ndarrays_to_parameters as to_parameters
+from flwr.common.secure_aggregation.secaggplus_constants import (
+    RECORD_KEY_CONFIGS,
+    RECORD_KEY_STATE,
+    Key,
+)
+from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 from torch import nn
 
 from fl.app import task
 from fl.app.cache import load_split_cached
 from fl.app.data import Split
+from fl.app.privacy import add_noise, client_noise_std, clip_update
+from fl.app.protocol import DP_SAMPLED
 from fl.app.runconfig import (
     NODE_CACHE_DIR,
     NODE_DATA_DIR,
@@ -32,9 +46,28 @@ from fl.app.runconfig import (
     NODE_TORCH_THREADS,
     RunConfig,
 )
-from fl.app.wire import from_record, to_record
+from fl.app.wire import State, from_record, to_record
 
-app = ClientApp()
+
+def secure_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Answer the SecAgg+ stages with flwr's ``secaggplus_mod``; pass any other message on.
+
+    The masked vector's elements are below the modulus (2**32): they travel as uint32, half
+    of flwr's int64.
+    """
+    if (msg.metadata.message_type != MessageType.TRAIN
+            or RECORD_KEY_CONFIGS not in msg.content.config_records):
+        return call_next(msg, context)
+    reply = secaggplus_mod(msg, context, call_next)
+    res = reply.content.config_records[RECORD_KEY_CONFIGS]
+    if Key.MASKED_PARAMETERS in res:
+        blobs = cast(list[bytes], res[Key.MASKED_PARAMETERS])
+        res[Key.MASKED_PARAMETERS] = [
+            ndarray_to_bytes(bytes_to_ndarray(b).astype(np.uint32)) for b in blobs]
+    return reply
+
+
+app = ClientApp(mods=[secure_mod])
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, nn.Module]:
@@ -121,8 +154,49 @@ def train(msg: Message, context: Context) -> Message:
         "process-s": process_age_s(),
     })
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    received = from_record(msg.content.array_records["arrays"])
+    delta = _private(cfg, msg, {k: state[k].astype(np.float32) - received[k] for k in state})
+    if RECORD_KEY_CONFIGS in msg.content.config_records:  # a secure round: flwr masks `fitres`
+        return _secure_reply(cfg, msg, context, delta, metrics, int(stats["num_examples"]))
+    if cfg.dp_placement != "off":
+        state = {k: (received[k] + delta[k]).astype(state[k].dtype) for k in state}
     content = RecordDict({"arrays": to_record(state, cfg.wire_dtype),
                           "metrics": metrics, "client": _client_record(context)})
+    return Message(content=content, reply_to=msg)
+
+
+def _private(cfg: RunConfig, msg: Message, delta: State) -> State:
+    """The update with the run's differential privacy applied here (clipped; noised if client)."""
+    if cfg.dp_placement == "off":
+        return delta
+    clipped, _ = clip_update(delta, cfg.dp_clipping_norm)
+    if cfg.dp_placement != "client":
+        return clipped
+    sampled = int(str(msg.content.config_records["config"].get(DP_SAMPLED, 1)))
+    std = client_noise_std(cfg.dp_noise_multiplier, cfg.dp_clipping_norm, sampled)
+    return add_noise(clipped, std, np.random.default_rng())
+
+
+def _secure_reply(cfg: RunConfig, msg: Message, context: Context, delta: State,
+                  metrics: MetricRecord, examples: int) -> Message:
+    """The train reply of a secure round: the update as ``fitres`` for flwr to mask.
+
+    Its weight is the training examples (1 each with differential privacy: a uniform mean).
+    ``secure-clipped`` counts the weighted elements outside the protocol's clipping range.
+    """
+    weight = 1 if cfg.dp_placement != "off" else examples
+    arrays = [delta[k] for k in delta]
+    secagg = context.state.config_records.get(RECORD_KEY_STATE)
+    if secagg is not None:
+        ratio = weight / float(str(secagg.get("max_weight", 1.0)))
+        bound = float(str(secagg.get("clipping_range", 0.0)))
+        metrics["secure-clipped"] = int(sum(int((np.abs(a) * ratio > bound).sum())
+                                            for a in arrays))
+    fitres = FitRes(status=Status(code=Code.OK, message=""), parameters=to_parameters(arrays),
+                    num_examples=weight, metrics={})
+    content = fitres_to_recorddict(fitres, keep_input=True)
+    content["metrics"] = metrics
+    content["client"] = _client_record(context)
     return Message(content=content, reply_to=msg)
 
 

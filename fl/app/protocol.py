@@ -16,6 +16,9 @@ WIRE_DTYPES: dict[str, int] = {"float32": 4, "float16": 2}
 DEFAULT_WIRE_DTYPE = "float32"
 # Bytes per float element of the models as trained and aggregated (float32).
 TRAIN_ELEMENT_BYTES = 4
+# Key of the round's ConfigRecord "config" holding how many participants the round sampled
+# (each adds its share of the noise with client-side differential privacy).
+DP_SAMPLED = "dp-sampled"
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,14 @@ EXCHANGES: tuple[Exchange, ...] = (
     Exchange("evaluate-and-train", downloads=1, uploads=1, per_round=True),
     Exchange("final-evaluate", downloads=1, uploads=0, per_round=False),
 )
+# A secure round (fl/app/secure.py) adds three small exchanges (setup, share keys, unmask:
+# keys and secret shares, kilobytes) around the same one; its upload is the masked vector, one
+# uint32 per model element whatever the wire dtype.
+SECURE_KEY_EXCHANGES = 3
+MASKED_ELEMENT_BYTES = 4
+# Round trips of one small exchange on the critical path: the node's pull and its reply's
+# push, the ServerApp's push and its pull.
+SMALL_EXCHANGE_RTTS = 4
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,10 @@ class Traffic:
         downloads_per_run: Copies to each participant once per run (the final evaluation).
         uploads_per_run: Copies from each participant once per run.
         phases_per_round: Message exchanges per round.
+        upload_ratio: Wire bytes of an uploaded copy / its float32 bytes (the masked vector's
+            in a secure round).
+        extra_rtts_per_round: Round trips the small exchanges add to a round.
+        secure: Rounds are secure aggregation rounds.
     """
 
     wire_dtype: str
@@ -64,6 +79,9 @@ class Traffic:
     downloads_per_run: int
     uploads_per_run: int
     phases_per_round: int
+    upload_ratio: float = 1.0
+    extra_rtts_per_round: int = 0
+    secure: bool = False
 
     def copy_bytes(self, model_bytes: float) -> float:
         """Wire bytes of one copy of a model of ``model_bytes`` float32 bytes."""
@@ -73,16 +91,20 @@ class Traffic:
         """``(downloads, uploads)`` in bytes over a run of ``rounds`` with ``participants``."""
         one = self.copy_bytes(model_bytes) * participants
         down = one * (self.downloads_per_round * rounds + self.downloads_per_run)
-        up = one * (self.uploads_per_round * rounds + self.uploads_per_run)
+        up_one = model_bytes * self.upload_ratio * participants
+        up = up_one * (self.uploads_per_round * rounds + self.uploads_per_run)
         return down, up
 
-    def round_copies(self) -> int:
-        """Model copies one participant moves in one round (both directions)."""
-        return self.downloads_per_round + self.uploads_per_round
+    def round_copies(self) -> float:
+        """Model copies (at the wire dtype) one participant moves in one round, both ways."""
+        return self.downloads_per_round + self.uploads_per_round * (
+            self.upload_ratio / self.wire_ratio)
 
 
-def traffic(wire_dtype: str = DEFAULT_WIRE_DTYPE) -> Traffic:
+def traffic(wire_dtype: str = DEFAULT_WIRE_DTYPE, secure: bool = False) -> Traffic:
     """Return the declared traffic of a run sending model arrays as ``wire_dtype``.
+
+    ``secure``: rounds are secure aggregation rounds (masked uploads, three key exchanges).
 
     Raises:
         ValueError: ``wire_dtype`` is not one of :data:`WIRE_DTYPES`.
@@ -91,12 +113,16 @@ def traffic(wire_dtype: str = DEFAULT_WIRE_DTYPE) -> Traffic:
         raise ValueError(f"wire dtype '{wire_dtype}' is not one of {sorted(WIRE_DTYPES)}")
     rounds = [e for e in EXCHANGES if e.per_round]
     once = [e for e in EXCHANGES if not e.per_round]
+    wire_ratio = WIRE_DTYPES[wire_dtype] / TRAIN_ELEMENT_BYTES
     return Traffic(
         wire_dtype=wire_dtype,
-        wire_ratio=WIRE_DTYPES[wire_dtype] / TRAIN_ELEMENT_BYTES,
+        wire_ratio=wire_ratio,
         downloads_per_round=sum(e.downloads for e in rounds),
         uploads_per_round=sum(e.uploads for e in rounds),
         downloads_per_run=sum(e.downloads for e in once),
         uploads_per_run=sum(e.uploads for e in once),
-        phases_per_round=len(rounds),
+        phases_per_round=len(rounds) + (SECURE_KEY_EXCHANGES if secure else 0),
+        upload_ratio=MASKED_ELEMENT_BYTES / TRAIN_ELEMENT_BYTES if secure else wire_ratio,
+        extra_rtts_per_round=SECURE_KEY_EXCHANGES * SMALL_EXCHANGE_RTTS if secure else 0,
+        secure=secure,
     )

@@ -2,12 +2,13 @@
 
 This module travels inside the FAB (see ``fl/initializer/bundle.py``), so it imports nothing from
 the project outside the app. The stack side (``fedcloud/core/training.py``) builds a
-:class:`RunConfig`; the ServerApp
-reads it back from ``context.run_config`` with :meth:`RunConfig.from_flower`.
+:class:`RunConfig`; the ServerApp reads it back from ``context.run_config`` with
+:meth:`RunConfig.from_flower`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass
 from typing import Any
@@ -55,7 +56,15 @@ FLOWER_KEYS: dict[str, str] = {
     "run_name": "run-name",
     "stack": "stack",
     "resume": "resume",
+    "secure_aggregation": "secure-aggregation",
+    "dp_placement": "dp-placement",
+    "dp_clipping_norm": "dp-clipping-norm",
+    "dp_noise_multiplier": "dp-noise-multiplier",
+    "dp_delta": "dp-delta",
 }
+
+# Where differential-privacy noise is added: nowhere, by each participant, by the aggregator.
+DP_PLACEMENTS = ("off", "client", "server")
 
 
 class RunConfigError(ValueError):
@@ -71,6 +80,11 @@ class RunConfig:
     ``wire_dtype`` is how model arrays travel (``fl/app/protocol.py``).
     ``tracking_uri`` empty means: record the rounds nowhere but the run log.
     ``resume``: continue the store's unfinished run of the same config (``fl/app/resume.py``).
+    ``secure_aggregation``: SecAgg+ (the aggregator sees only the sum of masked updates).
+    ``dp_placement``: ``off``; ``client`` (each participant clips its update to
+    ``dp_clipping_norm`` and adds its share of Gaussian noise, so that the sum carries
+    ``dp_noise_multiplier * dp_clipping_norm``); ``server`` (participants clip, the aggregator
+    adds that noise to the sum). ``dp_delta`` is the delta of the (epsilon, delta) guarantee.
     """
 
     model: str
@@ -94,6 +108,27 @@ class RunConfig:
     run_name: str = ""
     stack: str = ""
     resume: bool = True
+    secure_aggregation: bool = True
+    dp_placement: str = "off"
+    dp_clipping_norm: float = 1.0
+    dp_noise_multiplier: float = 1.0
+    dp_delta: float = 1e-5
+
+    @property
+    def dp(self) -> bool:
+        """Whether differential-privacy noise is added (``dp_placement`` is not ``off``)."""
+        return self.dp_placement != "off"
+
+    @property
+    def protection(self) -> str:
+        """A short label of how updates are protected, for logs and run params.
+
+        One word, ``secagg+`` (secure aggregation) or ``plain``, then, with differential
+        privacy, a space and ``dp(client)`` or ``dp(server)``: ``"secagg+"``, ``"plain"``,
+        ``"secagg+ dp(client)"``, ``"plain dp(server)"``.
+        """
+        label = "secagg+" if self.secure_aggregation else "plain"
+        return f"{label} dp({self.dp_placement})" if self.dp else label
 
     def model_spec(self) -> dict[str, Any]:
         """Return the model spec ``fl.app.task.build_model`` takes (also recorded as run params)."""
@@ -160,10 +195,20 @@ class RunConfig:
             ("fraction-train", 0 < self.fraction_train <= 1), ("min-nodes", self.min_nodes >= 1),
             ("phase-timeout-s", self.phase_timeout_s > 0), ("node-wait-s", self.node_wait_s >= 0),
             ("delay-prob", 0 <= self.delay_prob <= 1), ("delay-s", self.delay_s >= 0),
+            ("dp-clipping-norm", 0 < self.dp_clipping_norm < math.inf),
+            ("dp-noise-multiplier", 0 <= self.dp_noise_multiplier < math.inf),
+            ("dp-delta", 0 < self.dp_delta < 1),
         ]
         if self.wire_dtype not in WIRE_DTYPES:
             raise RunConfigError(f"run config key 'wire-dtype' is '{self.wire_dtype}'; use one "
                                  f"of {sorted(WIRE_DTYPES)}")
+        if self.dp_placement not in DP_PLACEMENTS:
+            raise RunConfigError(f"run config key 'dp-placement' is '{self.dp_placement}'; use "
+                                 f"one of {list(DP_PLACEMENTS)}")
         for key, ok in checks:
             if not ok:
                 raise RunConfigError(f"run config key '{key}' is out of range")
+        if self.dp and self.dp_noise_multiplier == 0:
+            raise RunConfigError(f"run config key 'dp-noise-multiplier' is 0 with dp-placement "
+                                 f"'{self.dp_placement}'; give a noise multiplier > 0 or set "
+                                 "dp-placement 'off'")

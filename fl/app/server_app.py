@@ -20,7 +20,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
-from logging import ERROR, INFO
+from logging import ERROR, INFO, WARNING
 from types import FrameType
 from typing import Any
 
@@ -152,9 +152,14 @@ def main(grid: Grid, context: Context) -> None:
         initial = found.state if found.state is not None else initial
     closer = RunCloser(store)
     strategy = BoundedFedAvg(cfg, store)
+    if found is not None:  # the privacy budget spent by the committed rounds carries over
+        strategy.dp_steps = dp_steps(found.rounds)
     first = 1 if found is None else found.server_round + 1
     done_before = 0 if found is None else found.server_round
     log(INFO, "model %s: %d bytes of parameters, sent as %s", cfg.model, size, cfg.wire_dtype)
+    log(INFO if cfg.secure_aggregation else WARNING, "protection: %s (%s)", cfg.protection,
+        "the aggregator learns only each round's sum" if cfg.secure_aggregation else
+        "secure aggregation is off: the aggregator sees each participant's update")
     with killed_on_signal(closer):
         try:
             strategy.run(grid, initial, first_round=first)
@@ -203,6 +208,17 @@ def _resume_store_run(store: RoundStore, found: Resumable, flower_run_id: int,
             "corrupt_rounds": list(found.corrupt), "resumes": found.resumes + 1}
     log(INFO, "%s %s", RESUME_MARK, json.dumps(line, sort_keys=True))
     return run_id
+
+
+def dp_steps(rounds: tuple[dict[str, Any], ...]) -> list[tuple[float, float]]:
+    """(effective noise multiplier, sample rate) of each committed round that had DP noise."""
+    steps = []
+    for doc in rounds:
+        extra = doc.get("extra") or {}
+        if "dp_noise_multiplier_effective" in extra:
+            steps.append((float(extra["dp_noise_multiplier_effective"]),
+                          float(extra["dp_sample_rate"])))
+    return steps
 
 
 def _dropouts(rounds: list[RoundRecord]) -> str:

@@ -5,8 +5,9 @@ holds the node's evaluation of that model and its trained update (``fl/app/proto
 round r's replies carry the metrics of round r-1's global model, and one final evaluation gives
 the last model's: round r's record is committed with its own model's metrics once they are in.
 Waits are bounded by ``node-wait-s`` and ``phase-timeout-s``; lost nodes that rejoin are sent
-the exchange again; too few replies raise :class:`NodesLostError`. See fl/README.md, "One
-exchange per round", "Bounds (nothing waits forever)" and "Per-round records".
+the exchange again; too few replies raise :class:`NodesLostError`. With ``secure-aggregation``
+the exchange is a SecAgg+ round (``fl/app/secure.py``) and only the sum is seen; differential
+privacy is applied and accounted in ``fl/app/privacy.py``. See fl/README.md.
 """
 
 from __future__ import annotations
@@ -24,11 +25,16 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from fl.app import task
+from fl.app import privacy, task
 from fl.app.exchange import exchange, online_nodes
+from fl.app.protocol import DP_SAMPLED, SECURE_KEY_EXCHANGES
 from fl.app.records import CONTRIBUTORS, METRICS, MISSING, RoundRecord, RoundStore
 from fl.app.runconfig import ROUND_MARK, RunConfig
+from fl.app.secure import DEFAULT_MAX_WEIGHT, SecureRound, SecureRoundError, choose_params
 from fl.app.wire import State, from_record, to_record, weighted_mean
+
+# Attempts of one secure round: a second one with whoever is left, or with a larger weight bound.
+SECURE_ATTEMPTS = 2
 
 NODE_POLL_S = 1.0
 TRAIN, FINAL = "train", "evaluate"
@@ -72,6 +78,11 @@ class BoundedFedAvg:
         self.missed: dict[str, list[int]] = {}
         self.rounds: list[RoundRecord] = []
         self.initial_metrics: dict[str, float] = {}
+        # Per committed round: (effective noise multiplier, sample rate), for the accountant.
+        self.dp_steps: list[tuple[float, float]] = []
+        self.max_weight = 1.0 if cfg.dp_placement != "off" else DEFAULT_MAX_WEIGHT
+        self.online_count = 0
+        self.secure_info: dict[str, Any] = {}
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -93,7 +104,11 @@ class BoundedFedAvg:
             return state
         for server_round in range(first_round, self.cfg.rounds + 1):
             started = time.monotonic()
-            replies = self._phase(grid, TRAIN, server_round, state, MessageType.TRAIN)
+            if self.cfg.secure_aggregation:
+                replies, mean = self._secure_phase(grid, server_round, state)
+            else:
+                replies, mean = self._phase(grid, TRAIN, server_round, state,
+                                            MessageType.TRAIN), None
             evaluated = self._evaluations(replies)
             if waiting is None:
                 self.initial_metrics = _global_metrics(evaluated)
@@ -101,7 +116,7 @@ class BoundedFedAvg:
                     self.initial_metrics)
             else:
                 self._commit(waiting, evaluated, self._who(self.replied[TRAIN]))
-            waiting = self._aggregate(server_round, state, replies)
+            waiting = self._aggregate(server_round, state, replies, mean)
             waiting.extra["round_wall_s"] = time.monotonic() - started
             state = waiting.state
         assert waiting is not None  # rounds >= 1 (RunConfig.validate)
@@ -124,11 +139,65 @@ class BoundedFedAvg:
 
     def _messages(self, server_round: int, state: State, node_ids: list[int],
                   message_type: str) -> list[Message]:
-        # One RecordDict for all nodes: the SuperLink stores the arrays once (content ids).
-        record = RecordDict({"arrays": to_record(state, self.cfg.wire_dtype),
-                             "config": ConfigRecord({"server-round": server_round})})
+        record = self._content(server_round, state, len(node_ids))
         return [Message(content=record, message_type=message_type, dst_node_id=node)
                 for node in node_ids]
+
+    def _content(self, server_round: int, state: State, sampled: int) -> RecordDict:
+        # One RecordDict for all nodes: the SuperLink stores the arrays once (content ids).
+        return RecordDict({"arrays": to_record(state, self.cfg.wire_dtype),
+                           "config": ConfigRecord({"server-round": server_round,
+                                                   DP_SAMPLED: sampled})})
+
+    def _secure_phase(self, grid: Grid, server_round: int,
+                      state: State) -> tuple[list[Message], list[np.ndarray]]:
+        """One SecAgg+ round: the clear replies (metrics) and the mean of the masked updates.
+
+        A round that falls below the threshold, or whose weights exceeded the bound it was
+        set up with, runs once more (with whoever is connected, or the larger bound).
+
+        Raises:
+            NodesLostError: Still too few participants after the second attempt.
+        """
+        for attempt in range(1, SECURE_ATTEMPTS + 1):
+            nodes = self.select_nodes(grid, TRAIN, server_round)
+            params = choose_params(len(nodes), self.max_weight)
+            round_ = SecureRound(grid, nodes, params, self.cfg.phase_timeout_s,
+                                 str(server_round))
+            try:
+                result = round_.run(self._content(server_round, state, len(nodes)))
+            except SecureRoundError as exc:
+                self._mark_lost(round_.lost)
+                if attempt == SECURE_ATTEMPTS:
+                    raise NodesLostError(str(exc)) from None
+                log(WARNING, "%s; running the round again with the connected nodes", exc)
+                continue
+            weights = [_num(m.content.metric_records["metrics"]["num-examples"])
+                       for m in result.replies]
+            if self.cfg.dp_placement == "off" and max(weights) > self.max_weight:
+                self.max_weight = max(weights)
+                log(WARNING, "round %d: a participant trained on %d examples, above the secure "
+                    "weight bound; running the round again with that bound", server_round,
+                    max(weights))
+                continue
+            break
+        if self.cfg.dp_placement == "off":
+            self.max_weight = max(weights)  # the tightest bound for the next rounds
+        clipped = sum(_num(m.content.metric_records["metrics"].get("secure-clipped", 0))
+                      for m in result.replies)
+        if clipped:
+            log(WARNING, "round %d: %d weighted update element(s) exceeded the secure clipping "
+                "range %g and were clipped", server_round, clipped, params.clipping_range)
+        self.secure_info = {**params.as_record(), "secagg_clipped_elements": int(clipped),
+                            "secagg_stage_s": result.stage_s,
+                            "secagg_lost": {str(n): s for n, s in sorted(result.lost.items())}}
+        replies = self._account(TRAIN, server_round, result.replies, top_up=False)
+        return replies, result.mean
+
+    def _mark_lost(self, lost: Mapping[int, str]) -> None:
+        for node in lost:
+            self.dropped.add(node)
+            self.dropped_at[node] = self.sent_at.get(TRAIN, 0.0)
 
     # -- sampling ---------------------------------------------------------------------------
 
@@ -158,6 +227,7 @@ class BoundedFedAvg:
             time.sleep(NODE_POLL_S)
         fraction = self.cfg.fraction_train if phase == TRAIN else 1.0
         size = min(len(usable), max(int(len(usable) * fraction), need))
+        self.online_count = len(usable)
         chosen = sorted(random.Random(self.cfg.seed * 1000 + server_round).sample(usable, size))
         self.sent[phase] = chosen
         self.sent_at[phase] = time.time()
@@ -207,13 +277,17 @@ class BoundedFedAvg:
                            self.cfg.phase_timeout_s)
         return [m for m in replies if not m.has_error() and int(m.metadata.src_node_id) in back]
 
-    def _account(self, phase: str, server_round: int, replies: list[Message]) -> list[Message]:
-        """Keep valid replies, top up from rejoined nodes, mark silent ones, enforce the minimum."""
+    def _account(self, phase: str, server_round: int, replies: list[Message],
+                 top_up: bool = True) -> list[Message]:
+        """Keep valid replies, top up from rejoined nodes, mark silent ones, enforce the minimum.
+
+        A secure round is never topped up: a plain message would carry an update in clear.
+        """
         valid = [m for m in replies if not m.has_error()]
         # Error replies of a dead node carry the SuperLink's id: count by whom we sent to.
         answered = {int(m.metadata.src_node_id) for m in valid}
         missing = [n for n in self.sent.get(phase, []) if n not in answered]
-        if missing and len(valid) < self.cfg.min_nodes:
+        if top_up and missing and len(valid) < self.cfg.min_nodes:
             valid += self._top_up(phase, server_round, valid, missing)
             answered = {int(m.metadata.src_node_id) for m in valid}
             missing = [n for n in missing if n not in answered]
@@ -243,8 +317,14 @@ class BoundedFedAvg:
 
     # -- aggregation and records ------------------------------------------------------------
 
-    def _aggregate(self, server_round: int, sent: State, replies: list[Message]) -> Aggregated:
-        """FedAvg the updates (float32, weighted by training examples); keep the train figures."""
+    def _aggregate(self, server_round: int, sent: State, replies: list[Message],
+                   mean: list[np.ndarray] | None = None) -> Aggregated:
+        """FedAvg the updates (float32, weighted by training examples); keep the train figures.
+
+        ``mean``: a secure round's mean update (the replies then hold metrics only). With
+        differential privacy the mean is uniform over the clipped updates and, placed on the
+        server, noised here.
+        """
         states: list[State] = []
         weights: list[float] = []
         stats: dict[int, dict[str, Any]] = {}
@@ -259,9 +339,17 @@ class BoundedFedAvg:
                 "process_s": _num(metrics.get("process-s", -1.0)),
                 "train_examples": examples,
             }
-            states.append(from_record(msg.content.array_records["arrays"]))
-            weights.append(examples)
-        state = weighted_mean(states, weights) if sum(weights) > 0 else sent
+            if mean is None:
+                states.append(from_record(msg.content.array_records["arrays"]))
+            weights.append(1.0 if self.cfg.dp_placement != "off" else examples)
+        if mean is not None:
+            delta = dict(zip(sent, mean, strict=True))
+        elif sum(weights) > 0:
+            delta = {k: v - sent[k] for k, v in weighted_mean(states, weights).items()}
+        else:
+            delta = {k: np.zeros_like(v) for k, v in sent.items()}
+        delta = self._noised(delta, len(replies))
+        state = {k: (sent[k] + delta[k]).astype(sent[k].dtype) for k in sent}
         values = list(stats.values())
         extra = {
             "train_nodes": len(values),
@@ -271,12 +359,37 @@ class BoundedFedAvg:
             "max_client_process_s": max((s["process_s"] for s in values), default=0.0),
             "dropped_nodes": sorted(self.dropped),
             "train_phase_s": self.phase_s.get(TRAIN, 0.0),
-            "phases": 1,
+            "phases": 1 if mean is None else 1 + SECURE_KEY_EXCHANGES,
             # Who contributed: the participants whose updates were aggregated.
             CONTRIBUTORS: self._who(self.replied.get(TRAIN, [])),
             MISSING: self._who(self.missed.get(TRAIN, [])),
+            "protection": self.cfg.protection,
+            **(self.secure_info if mean is not None else {}),
+            **self._privacy_figures(len(self.sent.get(TRAIN, [])), len(replies)),
         }
         return Aggregated(server_round, state, stats, extra)
+
+    def _noised(self, delta: State, contributed: int) -> State:
+        """The mean update with the server's differential-privacy noise (std z*C/contributed)."""
+        if self.cfg.dp_placement != "server":
+            return delta
+        std = privacy.server_noise_std(self.cfg.dp_noise_multiplier,
+                                       self.cfg.dp_clipping_norm) / max(contributed, 1)
+        return privacy.add_noise(delta, std, np.random.default_rng())
+
+    def _privacy_figures(self, sampled: int, contributed: int) -> dict[str, Any]:
+        """This round's (epsilon, delta) after composing every committed round so far."""
+        if self.cfg.dp_placement == "off":
+            return {}
+        z = privacy.effective_noise_multiplier(self.cfg.dp_placement,
+                                               self.cfg.dp_noise_multiplier, sampled,
+                                               contributed)
+        rate = min(1.0, sampled / max(self.online_count, 1))
+        self.dp_steps.append((z, rate))
+        return {"dp_epsilon": privacy.epsilon(self.dp_steps, self.cfg.dp_delta),
+                "dp_delta": self.cfg.dp_delta, "dp_noise_multiplier_effective": z,
+                "dp_sample_rate": rate, "dp_clipping_norm": self.cfg.dp_clipping_norm,
+                "dp_placement": self.cfg.dp_placement}
 
     def _evaluations(self, replies: list[Message]) -> list[dict[str, Any]]:
         """Each reply's evaluation of the model it received (sorted by node)."""

@@ -30,7 +30,8 @@ PACKAGE_MARKER_TEXT = ('"""fedcloud\'s Flower app, generated in the FAB.\n\n'
                        'A regular package, so this copy of ``fl.app`` is the one imported.\n"""\n')
 # Python dependencies the hosts must have installed (SuperLinks run with
 # --disable-runtime-dependency-installation); recorded in the FAB for the operator.
-DEPENDENCIES: tuple[str, ...] = ("flwr==1.41.*", "torch==2.13.0", "numpy>=1.26", "pillow>=10")
+DEPENDENCIES: tuple[str, ...] = ("flwr==1.41.*", "torch==2.13.0", "numpy>=1.26", "pillow>=10",
+                                 "opacus==1.6.*")  # opacus: the ServerApp's DP accountant
 FAB_MAX_BYTES = 10 * 1024 * 1024
 
 

@@ -201,7 +201,10 @@ def test_user_data_and_private_keys_are_secret(run: MockRun) -> None:
 # --- outputs ------------------------------------------------------------------------------------
 
 def test_outputs_have_the_documented_keys(run: MockRun) -> None:
-    assert set(run.outputs) == {"aggregator", "plan", "participants", "training"}
+    assert set(run.outputs) == {"aggregator", "plan", "participants", "training", "protection"}
+    protection = run.outputs["protection"]
+    assert protection["secureAggregation"] is True and protection["privacy"] is None
+    assert protection["aggregatorSees"] and protection["participantsSee"]
     assert {"cloud", "region", "instanceType", "publicIp", "superlinkAddress",
             "caCert"} <= set(run.outputs["aggregator"])
     assert {"costUsd", "costLocal", "latencyMs", "weights", "baseline", "cut"} <= set(

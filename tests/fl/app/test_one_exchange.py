@@ -89,7 +89,8 @@ def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 def _cfg(**changes: Any) -> RunConfig:
     base = RunConfig(model="covid_cnn", width=4, image_size=32, num_classes=3, rounds=3,
                      local_epochs=1, batch_size=8, learning_rate=0.05, fraction_train=1.0,
-                     min_nodes=3, phase_timeout_s=5, node_wait_s=1, seed=1)
+                     min_nodes=3, phase_timeout_s=5, node_wait_s=1, seed=1,
+                     secure_aggregation=False)  # the plain exchange (secure: test_secure_round)
     return replace(base, **changes)
 
 

@@ -30,7 +30,8 @@ EVAL = {"eval-examples": 3, "eval-loss": 0.7, "confusion": [1, 0, 0, 0, 1, 0, 0,
 def _cfg(**changes: Any) -> RunConfig:
     base = RunConfig(model="covid_cnn", width=4, image_size=32, num_classes=3, rounds=3,
                      local_epochs=1, batch_size=8, learning_rate=0.05, fraction_train=1.0,
-                     min_nodes=3, phase_timeout_s=1, node_wait_s=2, seed=1)
+                     min_nodes=3, phase_timeout_s=1, node_wait_s=2, seed=1,
+                     secure_aggregation=False)  # the plain exchange
     return replace(base, **changes)
 
 

@@ -1,0 +1,324 @@
+"""Secure aggregation of one round (SecAgg+): the ServerApp learns only the sum of the updates.
+
+The server side of Flower's SecAgg+ protocol: the four stages of ``SecAggPlusWorkflow`` (setup,
+share keys, collect masked vectors, unmask) with flwr's own crypto and quantisation functions,
+driven on the Grid's push/pull with the strategy's short poll and bounded waits. Participants
+answer with flwr's ``secaggplus_mod`` (wrapped in ``fl/app/client_app.py``). A participant lost
+after its masked vector is in still counts while ``threshold`` of its neighbours answer the
+unmask stage; fewer raise :class:`SecureRoundError`. Parameters: :func:`choose_params`. See
+fl/README.md, "Secure aggregation".
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.common import bytes_to_ndarray
+from flwr.common.secure_aggregation.crypto.shamir import combine_shares
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
+from flwr.common.secure_aggregation.ndarrays_arithmetic import (
+    factor_extract,
+    parameters_addition,
+    parameters_mod,
+    parameters_subtraction,
+)
+from flwr.common.secure_aggregation.quantization import dequantize
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
+from flwr.serverapp import Grid
+from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
+
+from fl.app.exchange import exchange
+
+MODULUS_RANGE = 2**32  # masks and masked vectors live in [0, 2**32): 4 bytes per element
+DEFAULT_CLIPPING_RANGE = 8.0  # |weight x update element| beyond this is clipped (and counted)
+# The first round's weight bound (training examples of one participant) before the counts are
+# known; later rounds use the largest count seen (tighter quantisation).
+DEFAULT_MAX_WEIGHT = 10_000.0
+STAGES: tuple[str, ...] = Stage.all()
+
+Exchange = Callable[[Grid, list[Message], float], list[Message]]
+
+
+class SecureRoundError(RuntimeError):
+    """Too few participants are left to finish the secure round (below the threshold)."""
+
+
+@dataclass(frozen=True)
+class SecureParams:
+    """The SecAgg+ parameters of one round (chosen by :func:`choose_params`).
+
+    Attributes:
+        sampled: Participants in the round.
+        shares: Shares each participant splits its secrets into (itself and its neighbours).
+        threshold: Shares needed to rebuild a secret: up to ``shares - threshold`` of a
+            participant's neighbours may drop out; fewer than ``threshold`` colluding with the
+            aggregator learn nothing of its update.
+        clipping_range: Bound on each weighted update element before quantisation.
+        quantization_range: Integer levels over ``[-clipping_range, clipping_range]``.
+        modulus_range: Range of the masks (and of every masked element).
+        max_weight: Bound on one participant's weight (its training examples).
+    """
+
+    sampled: int
+    shares: int
+    threshold: int
+    clipping_range: float
+    quantization_range: int
+    modulus_range: int
+    max_weight: float
+
+    def setup_record(self) -> dict[str, int | float | str]:
+        """The setup stage's ConfigRecord values (flwr's ``Key`` names)."""
+        return {Key.STAGE: Stage.SETUP, Key.SAMPLE_NUMBER: self.sampled,
+                Key.SHARE_NUMBER: self.shares, Key.THRESHOLD: self.threshold,
+                Key.CLIPPING_RANGE: float(self.clipping_range),
+                Key.TARGET_RANGE: self.quantization_range, Key.MOD_RANGE: self.modulus_range,
+                Key.MAX_WEIGHT: float(self.max_weight)}
+
+    def as_record(self) -> dict[str, float | int]:
+        """The parameters as recorded with the round."""
+        return {"secagg_shares": self.shares, "secagg_threshold": self.threshold,
+                "secagg_clipping_range": self.clipping_range,
+                "secagg_quantization_range": self.quantization_range,
+                "secagg_max_weight": self.max_weight}
+
+
+def choose_params(sampled: int, max_weight: float = DEFAULT_MAX_WEIGHT,
+                  clipping_range: float = DEFAULT_CLIPPING_RANGE) -> SecureParams:
+    """SecAgg+ parameters for ``sampled`` participants.
+
+    Up to 7 participants every one shares with all (SecAgg); above, with an odd neighbourhood
+    of about ``2 log2(n) + 1`` (SecAgg+, Bell et al. 2020), which keeps each participant's work
+    logarithmic. The threshold is a strict majority of the shares (at least 2): privacy holds
+    against the aggregator colluding with fewer than that many neighbours, and each participant
+    survives ``shares - threshold`` lost neighbours. Quantisation uses the most levels for
+    which ``sampled`` summed values stay below the modulus with a factor 2 of headroom.
+
+    Raises:
+        ValueError: Fewer than 2 participants (a sum of one is that participant's update).
+    """
+    if sampled < 2:
+        raise ValueError("secure aggregation needs at least 2 participants in a round")
+    if sampled <= 7:
+        shares = sampled
+    else:
+        shares = min(sampled, 2 * math.ceil(math.log2(sampled)) + 1)
+        shares += 0 if shares == sampled or shares % 2 else 1
+    threshold = max(2, shares // 2 + 1)
+    levels = 2 ** (math.floor(math.log2(MODULUS_RANGE / (2 * sampled))))
+    return SecureParams(sampled=sampled, shares=shares, threshold=threshold,
+                        clipping_range=float(clipping_range), quantization_range=levels,
+                        modulus_range=MODULUS_RANGE, max_weight=float(max_weight))
+
+
+@dataclass
+class SecureResult:
+    """What the ServerApp learnt from one secure round.
+
+    Attributes:
+        replies: The collect stage's valid replies: clear metrics only (their arrays are empty).
+        mean: The weighted mean of the masked vectors' plain values, one array per element
+            of the update (the only model data the aggregator ever sees).
+        params: The round's parameters.
+        contributed: Nodes whose masked vectors are in the sum.
+        lost: Node -> the stage at which it was lost.
+        stage_s: Seconds per stage.
+    """
+
+    replies: list[Message]
+    mean: list[np.ndarray]
+    params: SecureParams
+    contributed: list[int]
+    lost: dict[int, str] = field(default_factory=dict)
+    stage_s: dict[str, float] = field(default_factory=dict)
+
+
+class SecureRound:
+    """One SecAgg+ round over ``nodes`` (every stage bounded by ``timeout_s``).
+
+    Args:
+        grid: The Grid.
+        nodes: The sampled node ids.
+        params: From :func:`choose_params` for ``len(nodes)``.
+        timeout_s: Longest wait for one stage's replies.
+        group_id: The round number (Flower's message group).
+        send: The exchange function (``fl.app.exchange.exchange``).
+    """
+
+    def __init__(self, grid: Grid, nodes: Sequence[int], params: SecureParams,
+                 timeout_s: float, group_id: str, send: Exchange = exchange) -> None:
+        self.grid, self.params, self.timeout_s = grid, params, timeout_s
+        self.group_id, self.send = group_id, send
+        self.sampled = sorted(nodes)
+        self.active = set(self.sampled)
+        self.lost: dict[int, str] = {}
+        self.stage_s: dict[str, float] = {}
+        order = list(self.sampled)
+        random.SystemRandom().shuffle(order)  # neighbourhoods the participants cannot pick
+        half = params.shares >> 1
+        self.neighbours = {nid: {order[(i + k) % len(order)] for k in range(-half, half + 1)}
+                           for i, nid in enumerate(order)}
+        self.public_keys: dict[int, tuple[bytes, bytes]] = {}
+        self.keyed: set[int] = set()
+        self.active_after_collect: set[int] = set()
+
+    def run(self, collect: RecordDict) -> SecureResult:
+        """Run the four stages; ``collect`` is the round's content (global model and config).
+
+        Raises:
+            SecureRoundError: Fewer than the threshold of some participant's neighbours are
+                left after a stage.
+        """
+        self._setup()
+        fwd = self._share_keys()
+        replies, summed = self._collect(collect, fwd)
+        mean = self._unmask(summed)
+        return SecureResult(replies=replies, mean=mean, params=self.params,
+                            contributed=sorted(self.active_after_collect),
+                            lost=dict(self.lost), stage_s=dict(self.stage_s))
+
+    # -- stages -----------------------------------------------------------------------------
+
+    def _stage(self, stage: str, contents: dict[int, RecordDict]) -> list[Message]:
+        started = time.monotonic()
+        msgs = [Message(content=content, dst_node_id=nid, message_type=MessageType.TRAIN,
+                        group_id=self.group_id) for nid, content in contents.items()]
+        replies = self.send(self.grid, msgs, self.timeout_s)
+        self.stage_s[stage] = time.monotonic() - started
+        valid = [m for m in replies if not m.has_error()
+                 and int(m.metadata.src_node_id) in contents
+                 and RECORD_KEY_CONFIGS in m.content.config_records]
+        answered = {int(m.metadata.src_node_id) for m in valid}
+        for nid in contents:
+            if nid not in answered:
+                self.lost.setdefault(nid, stage)
+        self.active &= answered
+        return valid
+
+    def _check(self, stage: str, need: set[int]) -> None:
+        """Each node in ``need`` must keep ``threshold`` active neighbours (to be rebuilt)."""
+        for nid in sorted(need):
+            left = len(self.neighbours[nid] & self.active)
+            if left < self.params.threshold:
+                raise SecureRoundError(
+                    f"secure round {self.group_id} {stage}: {len(self.active)} of "
+                    f"{len(self.sampled)} participants left; node {nid} has {left} active "
+                    f"neighbour(s), the threshold is {self.params.threshold}")
+
+    def _setup(self) -> None:
+        setup = ConfigRecord(cast(Any, self.params.setup_record()))
+        record = RecordDict({RECORD_KEY_CONFIGS: setup})
+        for msg in self._stage(Stage.SETUP, dict.fromkeys(self.sampled, record)):
+            keys = msg.content.config_records[RECORD_KEY_CONFIGS]
+            self.public_keys[int(msg.metadata.src_node_id)] = (
+                cast(bytes, keys[Key.PUBLIC_KEY_1]), cast(bytes, keys[Key.PUBLIC_KEY_2]))
+        self._check(Stage.SETUP, self.active)
+
+    def _share_keys(self) -> dict[int, tuple[list[int], list[bytes]]]:
+        contents = {}
+        for nid in sorted(self.active):
+            known = self.neighbours[nid] & self.active
+            values: dict[str, list[bytes] | str] = {
+                str(n): list(self.public_keys[n]) for n in sorted(known)}
+            values[Key.STAGE] = Stage.SHARE_KEYS
+            contents[nid] = RecordDict({RECORD_KEY_CONFIGS: ConfigRecord(cast(Any, values))})
+        replies = self._stage(Stage.SHARE_KEYS, contents)
+        fwd: dict[int, tuple[list[int], list[bytes]]] = {n: ([], []) for n in self.active}
+        for msg in replies:
+            src = int(msg.metadata.src_node_id)
+            res = msg.content.config_records[RECORD_KEY_CONFIGS]
+            for dst, text in zip(_ints(res[Key.DESTINATION_LIST]),
+                                 _blobs(res[Key.CIPHERTEXT_LIST]), strict=True):
+                if dst in fwd:
+                    fwd[dst][0].append(src)
+                    fwd[dst][1].append(text)
+        self.keyed = set(self.active)  # in each other's masks from here on
+        self._check(Stage.SHARE_KEYS, self.active)
+        return fwd
+
+    def _collect(self, collect: RecordDict,
+                 fwd: dict[int, tuple[list[int], list[bytes]]]) -> tuple[list[Message],
+                                                                         list[np.ndarray]]:
+        contents = {}
+        for nid in sorted(self.active):
+            srcs, texts = fwd[nid]
+            content = RecordDict({**collect.array_records, **collect.config_records,
+                                  **collect.metric_records})
+            content.config_records[RECORD_KEY_CONFIGS] = ConfigRecord({
+                Key.STAGE: Stage.COLLECT_MASKED_VECTORS, Key.CIPHERTEXT_LIST: texts,
+                Key.SOURCE_LIST: srcs})
+            contents[nid] = content
+        replies = self._stage(Stage.COLLECT_MASKED_VECTORS, contents)
+        summed: list[np.ndarray] | None = None
+        for msg in replies:
+            res = msg.content.config_records[RECORD_KEY_CONFIGS]
+            vector = [bytes_to_ndarray(b).astype(np.int64)
+                      for b in _blobs(res[Key.MASKED_PARAMETERS])]
+            summed = vector if summed is None else parameters_addition(summed, vector)
+        self.active_after_collect = set(self.active)
+        self._check(Stage.COLLECT_MASKED_VECTORS, self.keyed)
+        assert summed is not None  # _check passed: at least `threshold` >= 2 replies
+        return replies, parameters_mod(summed, self.params.modulus_range)
+
+    def _unmask(self, summed: list[np.ndarray]) -> list[np.ndarray]:
+        active, dead = self.active_after_collect, self.keyed - self.active_after_collect
+        contents = {}
+        for nid in sorted(active):
+            near = self.neighbours[nid]
+            contents[nid] = RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({
+                Key.STAGE: Stage.UNMASK, Key.ACTIVE_NODE_ID_LIST: sorted(near & active),
+                Key.DEAD_NODE_ID_LIST: sorted(near & dead)})})
+        replies = self._stage(Stage.UNMASK, contents)
+        shares: dict[int, list[bytes]] = {n: [] for n in self.keyed}
+        for msg in replies:
+            res = msg.content.config_records[RECORD_KEY_CONFIGS]
+            for owner, share in zip(_ints(res[Key.NODE_ID_LIST]), _blobs(res[Key.SHARE_LIST]),
+                                    strict=True):
+                if owner in shares:
+                    shares[owner].append(share)
+        return self._reconstruct(summed, shares, active)
+
+    def _reconstruct(self, summed: list[np.ndarray], shares: dict[int, list[bytes]],
+                     active: set[int]) -> list[np.ndarray]:
+        p = self.params
+        shapes = [a.shape for a in summed]
+        vector = summed
+        for nid, share_list in shares.items():
+            if len(share_list) < p.threshold:
+                raise SecureRoundError(
+                    f"secure round {self.group_id} unmask: {len(share_list)} share(s) of node "
+                    f"{nid}'s secret came back, the threshold is {p.threshold}")
+            secret = combine_shares(share_list)
+            if nid in active:  # remove its private mask
+                vector = parameters_subtraction(
+                    vector, pseudo_rand_gen(secret, p.modulus_range, shapes))
+                continue
+            # Its pairwise masks, in the vectors of its neighbours that were summed.
+            for other in sorted((self.neighbours[nid] & active) - {nid}):
+                key = generate_shared_key(bytes_to_private_key(secret),
+                                          bytes_to_public_key(self.public_keys[other][0]))
+                mask = pseudo_rand_gen(key, p.modulus_range, shapes)
+                vector = (parameters_addition(vector, mask) if nid > other
+                          else parameters_subtraction(vector, mask))
+        vector = parameters_mod(vector, p.modulus_range)
+        total_weight, values = factor_extract(vector)
+        plain = dequantize(values, p.clipping_range, p.quantization_range)
+        offset = -(len(active) - 1) * p.clipping_range
+        scale = p.quantization_range / total_weight
+        return [((arr + offset) * scale).astype(np.float32) for arr in plain]
+
+
+def _ints(value: object) -> list[int]:
+    return [int(v) for v in cast(list[int], value)]
+
+
+def _blobs(value: object) -> list[bytes]:
+    return [bytes(v) for v in cast(list[bytes], value)]
