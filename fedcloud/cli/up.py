@@ -54,7 +54,20 @@ def _print_outputs(console: Any, outputs: dict[str, Any]) -> None:
     if best:
         table.add_row("best model", f"round {best.get('round')}: F1 {metrics.get('f1', 0):.3f}, "
                       f"accuracy {metrics.get('accuracy', 0):.3f} -> {best.get('file', '')}")
+    table.add_row("protection", _protection(outputs.get("protection") or {}, tr))
     console.print(table)
+
+
+def _protection(protection: dict[str, Any], training: dict[str, Any]) -> str:
+    """``secure aggregation (SecAgg+); DP client, epsilon 9.01 at delta 1e-05``."""
+    text = ("secure aggregation (SecAgg+)" if protection.get("secureAggregation")
+            else "secure aggregation OFF: the aggregator sees each update")
+    privacy = protection.get("privacy")
+    if privacy:
+        eps = training.get("epsilon")
+        spent = f"epsilon {eps:.2f}" if isinstance(eps, int | float) else "epsilon n/a"
+        text += f"; DP {privacy['placement']}, {spent} at delta {privacy['delta']:g}"
+    return text
 
 
 def run_up(args: argparse.Namespace) -> int:

@@ -16,11 +16,12 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from logging import INFO
 from typing import Any, cast
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
-from flwr.common import bytes_to_ndarray
+from flwr.common import bytes_to_ndarray, log
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
 from flwr.common.secure_aggregation.ndarrays_arithmetic import (
@@ -197,6 +198,8 @@ class SecureRound:
                  and int(m.metadata.src_node_id) in contents
                  and RECORD_KEY_CONFIGS in m.content.config_records]
         answered = {int(m.metadata.src_node_id) for m in valid}
+        log(INFO, "secure round %s %s: %d of %d participant(s) answered in %.1f s",
+            self.group_id, stage, len(answered), len(contents), self.stage_s[stage])
         for nid in contents:
             if nid not in answered:
                 self.lost.setdefault(nid, stage)
