@@ -290,4 +290,7 @@ def parse_training(view: ConfigView) -> TrainingSettings:
         secure_aggregation=view.get_bool("secureAggregation"),
         privacy=parse_privacy(view.sub("privacy")),
     )
+    if settings.secure_aggregation and settings.min_nodes < 2:
+        raise view.error("minNodes", "is 1 with secure aggregation on (the sum of one update "
+                         "is that update)", f"set {view.key('minNodes')} to 2 or more.")
     return settings

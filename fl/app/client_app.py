@@ -30,6 +30,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
     RECORD_KEY_CONFIGS,
     RECORD_KEY_STATE,
     Key,
+    Stage,
 )
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 from torch import nn
@@ -37,8 +38,9 @@ from torch import nn
 from fl.app import task
 from fl.app.cache import load_split_cached
 from fl.app.data import Split
+from fl.app.errors import AppError
 from fl.app.privacy import add_noise, client_noise_std, clip_update
-from fl.app.protocol import DP_SAMPLED
+from fl.app.protocol import COUNT_KEY, COUNT_RECORD, DP_SAMPLED
 from fl.app.runconfig import (
     NODE_CACHE_DIR,
     NODE_DATA_DIR,
@@ -52,14 +54,20 @@ from fl.app.wire import State, from_record, to_record
 def secure_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Answer the SecAgg+ stages with flwr's ``secaggplus_mod``; pass any other message on.
 
-    The masked vector's elements are below the modulus (2**32): they travel as uint32, half
-    of flwr's int64.
+    The setup reply also says how many training examples this participant has (they are in
+    clear in every reply anyway), so the aggregator can set the weight bound before any update
+    is masked. The masked vector's elements are below the modulus (2**32): they travel as
+    uint32, half of flwr's int64.
     """
     if (msg.metadata.message_type != MessageType.TRAIN
             or RECORD_KEY_CONFIGS not in msg.content.config_records):
         return call_next(msg, context)
+    setup = msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE) == Stage.SETUP
     reply = secaggplus_mod(msg, context, call_next)
     res = reply.content.config_records[RECORD_KEY_CONFIGS]
+    if setup:  # the weight bound must hold before any masked vector exists
+        reply.content.config_records[COUNT_RECORD] = ConfigRecord(
+            {COUNT_KEY: train_count(context)})
     if Key.MASKED_PARAMETERS in res:
         blobs = cast(list[bytes], res[Key.MASKED_PARAMETERS])
         res[Key.MASKED_PARAMETERS] = [
@@ -68,6 +76,17 @@ def secure_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
 
 
 app = ClientApp(mods=[secure_mod])
+
+
+def train_count(context: Context) -> int:
+    """This participant's training examples (remembered in the node's run state)."""
+    known = context.state.config_records.get(COUNT_RECORD)
+    if known is not None and COUNT_KEY in known:
+        return int(str(known[COUNT_KEY]))
+    cfg = RunConfig.from_flower(context.run_config)
+    count = int(_data(cfg, context, "train").y.shape[0])
+    context.state.config_records[COUNT_RECORD] = ConfigRecord({COUNT_KEY: count})
+    return count
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, nn.Module]:
@@ -130,6 +149,11 @@ def _evaluation(cfg: RunConfig, model: nn.Module,
 def train(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the test split, then train it on the train split."""
     cfg, model = _setup(msg, context)
+    if cfg.secure_aggregation and RECORD_KEY_CONFIGS not in msg.content.config_records:
+        # Never answer a plain request of a secure run: the update would leave in clear.
+        raise AppError("a train message without the secure aggregation stages reached a run "
+                       "with secure-aggregation on; the update is not sent.",
+                       "run the fedcloud ServerApp of the same version as this ClientApp.")
     server_round = int(str(msg.content.config_records["config"]["server-round"]))
     evaluated = _evaluation(cfg, model, _data(cfg, context, "test"))
     data = _data(cfg, context, "train")
@@ -155,6 +179,13 @@ def train(msg: Message, context: Context) -> Message:
     })
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     received = from_record(msg.content.array_records["arrays"])
+    if not all(np.isfinite(v).all() for v in state.values()):
+        raise AppError(
+            f"training on participant {context.node_config.get(NODE_PARTICIPANT, '?')} "
+            f"diverged in round {server_round}: the model holds NaN or infinite values.",
+            "lower fedcloud:training.learningRate"
+            + (" or training.privacy.noiseMultiplier" if cfg.dp_placement != "off" else "")
+            + ".")
     delta = _private(cfg, msg, {k: state[k].astype(np.float32) - received[k] for k in state})
     if RECORD_KEY_CONFIGS in msg.content.config_records:  # a secure round: flwr masks `fitres`
         return _secure_reply(cfg, msg, context, delta, metrics, int(stats["num_examples"]))
@@ -185,7 +216,7 @@ def _secure_reply(cfg: RunConfig, msg: Message, context: Context, delta: State,
     ``secure-clipped`` counts the weighted elements outside the protocol's clipping range.
     """
     weight = 1 if cfg.dp_placement != "off" else examples
-    arrays = [delta[k] for k in delta]
+    arrays = [delta[k].astype(np.float64) for k in delta]  # flwr quantises to 2**29 levels
     secagg = context.state.config_records.get(RECORD_KEY_STATE)
     if secagg is not None:
         ratio = weight / float(str(secagg.get("max_weight", 1.0)))

@@ -19,6 +19,9 @@ TRAIN_ELEMENT_BYTES = 4
 # Key of the round's ConfigRecord "config" holding how many participants the round sampled
 # (each adds its share of the noise with client-side differential privacy).
 DP_SAMPLED = "dp-sampled"
+# The ConfigRecord (and its key) a participant's secure setup reply carries its training
+# example count in, so the aggregator sets the weight bound before any update is masked.
+COUNT_RECORD, COUNT_KEY = "fedcloud-count", "train-examples"
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ EXCHANGES: tuple[Exchange, ...] = (
 # keys and secret shares, kilobytes) around the same one; its upload is the masked vector, one
 # uint32 per model element whatever the wire dtype.
 SECURE_KEY_EXCHANGES = 3
+# Attempts of one secure round: again after losing too many participants (once they rejoined,
+# or with whoever is connected), or with a larger weight bound.
+SECURE_ATTEMPTS = 3
 MASKED_ELEMENT_BYTES = 4
 # Round trips of one small exchange on the critical path: the node's pull and its reply's
 # push, the ServerApp's push and its pull.

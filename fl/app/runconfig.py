@@ -208,6 +208,9 @@ class RunConfig:
         for key, ok in checks:
             if not ok:
                 raise RunConfigError(f"run config key '{key}' is out of range")
+        if self.secure_aggregation and self.min_nodes < 2:
+            raise RunConfigError("run config key 'min-nodes' is 1 with secure-aggregation on (a "
+                                 "sum of one is that participant's update); set it to 2 or more")
         if self.dp and self.dp_noise_multiplier == 0:
             raise RunConfigError(f"run config key 'dp-noise-multiplier' is 0 with dp-placement "
                                  f"'{self.dp_placement}'; give a noise multiplier > 0 or set "

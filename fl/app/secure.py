@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from logging import INFO
 from typing import Any, cast
 
@@ -37,13 +37,13 @@ from flwr.serverapp import Grid
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
 from fl.app.exchange import exchange
+from fl.app.protocol import COUNT_KEY, COUNT_RECORD
 
 MODULUS_RANGE = 2**32  # masks and masked vectors live in [0, 2**32): 4 bytes per element
 DEFAULT_CLIPPING_RANGE = 8.0  # |weight x update element| beyond this is clipped (and counted)
 # The first round's weight bound (training examples of one participant) before the counts are
 # known; later rounds use the largest count seen (tighter quantisation).
 DEFAULT_MAX_WEIGHT = 10_000.0
-STAGES: tuple[str, ...] = Stage.all()
 
 Exchange = Callable[[Grid, list[Message], float], list[Message]]
 
@@ -132,6 +132,7 @@ class SecureResult:
         contributed: Nodes whose masked vectors are in the sum.
         lost: Node -> the stage at which it was lost.
         stage_s: Seconds per stage.
+        setups: Setup stages run (2 when the weight bound was fitted).
     """
 
     replies: list[Message]
@@ -140,6 +141,7 @@ class SecureResult:
     contributed: list[int]
     lost: dict[int, str] = field(default_factory=dict)
     stage_s: dict[str, float] = field(default_factory=dict)
+    setups: int = 1
 
 
 class SecureRound:
@@ -151,13 +153,18 @@ class SecureRound:
         params: From :func:`choose_params` for ``len(nodes)``.
         timeout_s: Longest wait for one stage's replies.
         group_id: The round number (Flower's message group).
+        min_nodes: Fewest contributors the round may have.
+        fit_weight: Fit the weight bound to the training counts of the setup replies (off
+            with differential privacy: every weight is 1).
         send: The exchange function (``fl.app.exchange.exchange``).
     """
 
     def __init__(self, grid: Grid, nodes: Sequence[int], params: SecureParams,
-                 timeout_s: float, group_id: str, send: Exchange = exchange) -> None:
+                 timeout_s: float, group_id: str, min_nodes: int = 2,
+                 fit_weight: bool = True, send: Exchange = exchange) -> None:
         self.grid, self.params, self.timeout_s = grid, params, timeout_s
-        self.group_id, self.send = group_id, send
+        self.group_id, self.send, self.min_nodes = group_id, send, min_nodes
+        self.fit_weight, self.setups = fit_weight, 1
         self.sampled = sorted(nodes)
         self.active = set(self.sampled)
         self.lost: dict[int, str] = {}
@@ -184,7 +191,8 @@ class SecureRound:
         mean = self._unmask(summed)
         return SecureResult(replies=replies, mean=mean, params=self.params,
                             contributed=sorted(self.active_after_collect),
-                            lost=dict(self.lost), stage_s=dict(self.stage_s))
+                            lost=dict(self.lost), stage_s=dict(self.stage_s),
+                            setups=self.setups)
 
     # -- stages -----------------------------------------------------------------------------
 
@@ -193,7 +201,7 @@ class SecureRound:
         msgs = [Message(content=content, dst_node_id=nid, message_type=MessageType.TRAIN,
                         group_id=self.group_id) for nid, content in contents.items()]
         replies = self.send(self.grid, msgs, self.timeout_s)
-        self.stage_s[stage] = time.monotonic() - started
+        self.stage_s[stage] = self.stage_s.get(stage, 0.0) + time.monotonic() - started
         valid = [m for m in replies if not m.has_error()
                  and int(m.metadata.src_node_id) in contents
                  and RECORD_KEY_CONFIGS in m.content.config_records]
@@ -207,7 +215,15 @@ class SecureRound:
         return valid
 
     def _check(self, stage: str, need: set[int]) -> None:
-        """Each node in ``need`` must keep ``threshold`` active neighbours (to be rebuilt)."""
+        """Each node in ``need`` must keep ``threshold`` active neighbours (to be rebuilt).
+
+        Before the unmask stage the active nodes are the round's contributors: fewer than
+        ``min_nodes`` of them end the round too.
+        """
+        if stage != Stage.UNMASK and len(self.active) < self.min_nodes:
+            raise SecureRoundError(
+                f"secure round {self.group_id} {stage}: {len(self.active)} of "
+                f"{len(self.sampled)} participants left; at least {self.min_nodes} needed")
         for nid in sorted(need):
             left = len(self.neighbours[nid] & self.active)
             if left < self.params.threshold:
@@ -217,13 +233,32 @@ class SecureRound:
                     f"neighbour(s), the threshold is {self.params.threshold}")
 
     def _setup(self) -> None:
-        setup = ConfigRecord(cast(Any, self.params.setup_record()))
-        record = RecordDict({RECORD_KEY_CONFIGS: setup})
-        for msg in self._stage(Stage.SETUP, dict.fromkeys(self.sampled, record)):
+        """Collect the public keys; set up once more if the weight bound does not fit.
+
+        With ``fit_weight`` the bound becomes the largest training count the replies state
+        when that is above the bound (the sum would overflow) or below half of it (coarser
+        quantisation than needed); no update is masked yet, so nothing is learnt twice.
+        """
+        replies = self._setup_stage()
+        counts = [_count(m) for m in replies]
+        largest = max(counts, default=0)
+        bound = self.params.max_weight
+        if self.fit_weight and largest > 0 and (largest > bound or largest < bound / 2):
+            self.params = replace(self.params, max_weight=float(largest))
+            log(INFO, "secure round %s: weight bound %g -> %d training examples; setting up "
+                "again", self.group_id, bound, largest)
+            self.setups += 1
+            replies = self._setup_stage()
+        for msg in replies:
             keys = msg.content.config_records[RECORD_KEY_CONFIGS]
             self.public_keys[int(msg.metadata.src_node_id)] = (
                 cast(bytes, keys[Key.PUBLIC_KEY_1]), cast(bytes, keys[Key.PUBLIC_KEY_2]))
         self._check(Stage.SETUP, self.active)
+
+    def _setup_stage(self) -> list[Message]:
+        setup = ConfigRecord(cast(Any, self.params.setup_record()))
+        record = RecordDict({RECORD_KEY_CONFIGS: setup})
+        return self._stage(Stage.SETUP, dict.fromkeys(sorted(self.active), record))
 
     def _share_keys(self) -> dict[int, tuple[list[int], list[bytes]]]:
         contents = {}
@@ -325,3 +360,10 @@ def _ints(value: object) -> list[int]:
 
 def _blobs(value: object) -> list[bytes]:
     return [bytes(v) for v in cast(list[bytes], value)]
+
+
+def _count(msg: Message) -> int:
+    """The training count a setup reply states (0 if it states none)."""
+    record = msg.content.config_records.get(COUNT_RECORD)
+    value = None if record is None else record.get(COUNT_KEY)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -152,8 +152,8 @@ def main(grid: Grid, context: Context) -> None:
         initial = found.state if found.state is not None else initial
     closer = RunCloser(store)
     strategy = BoundedFedAvg(cfg, store)
-    if found is not None:  # the privacy budget spent by the committed rounds carries over
-        strategy.dp_steps = dp_steps(found.rounds)
+    if found is not None:  # the privacy budget already spent carries over
+        strategy.dp_steps = dp_steps(found, cfg)
     first = 1 if found is None else found.server_round + 1
     done_before = 0 if found is None else found.server_round
     log(INFO, "model %s: %d bytes of parameters, sent as %s", cfg.model, size, cfg.wire_dtype)
@@ -210,15 +210,29 @@ def _resume_store_run(store: RoundStore, found: Resumable, flower_run_id: int,
     return run_id
 
 
-def dp_steps(rounds: tuple[dict[str, Any], ...]) -> list[tuple[float, float]]:
-    """(effective noise multiplier, sample rate) of each committed round that had DP noise."""
+def dp_steps(found: Resumable, cfg: RunConfig) -> list[tuple[float, float]]:
+    """The accountant's steps of every round a resumed run already released.
+
+    Committed rounds count as recorded; those whose checkpoint failed, and the one aggregated
+    when the run stopped (it may have been sent), count once more each at the smallest noise
+    recorded: the budget is never under-reported.
+
+    Raises:
+        AppError: A committed round of a run with differential privacy lacks its record.
+    """
+    if cfg.dp_placement == "off":
+        return []
     steps = []
-    for doc in rounds:
+    for doc in found.rounds:
         extra = doc.get("extra") or {}
-        if "dp_noise_multiplier_effective" in extra:
-            steps.append((float(extra["dp_noise_multiplier_effective"]),
-                          float(extra["dp_sample_rate"])))
-    return steps
+        if "dp_noise_multiplier_effective" not in extra:
+            raise AppError(
+                f"round {doc.get('server_round')} of store run {found.run_id} has no "
+                "differential-privacy record, so the budget it spent is unknown.",
+                "start a new run: set fedcloud:training.resume to false.")
+        steps.append((float(extra["dp_noise_multiplier_effective"]), 1.0))
+    least = min((z for z, _ in steps), default=cfg.dp_noise_multiplier)
+    return steps + [(least, 1.0)] * (len(found.corrupt) + 1)
 
 
 def _dropouts(rounds: list[RoundRecord]) -> str:

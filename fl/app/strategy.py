@@ -27,14 +27,17 @@ from flwr.serverapp import Grid
 
 from fl.app import privacy, task
 from fl.app.exchange import exchange, online_nodes
-from fl.app.protocol import DP_SAMPLED, SECURE_KEY_EXCHANGES
+from fl.app.protocol import DP_SAMPLED, SECURE_ATTEMPTS, SECURE_KEY_EXCHANGES
 from fl.app.records import CONTRIBUTORS, METRICS, MISSING, RoundRecord, RoundStore
 from fl.app.runconfig import ROUND_MARK, RunConfig
-from fl.app.secure import DEFAULT_MAX_WEIGHT, SecureRound, SecureRoundError, choose_params
+from fl.app.secure import (
+    DEFAULT_CLIPPING_RANGE,
+    DEFAULT_MAX_WEIGHT,
+    SecureRound,
+    SecureRoundError,
+    choose_params,
+)
 from fl.app.wire import State, from_record, to_record, weighted_mean
-
-# Attempts of one secure round: a second one with whoever is left, or with a larger weight bound.
-SECURE_ATTEMPTS = 2
 
 NODE_POLL_S = 1.0
 TRAIN, FINAL = "train", "evaluate"
@@ -81,7 +84,6 @@ class BoundedFedAvg:
         # Per committed round: (effective noise multiplier, sample rate), for the accountant.
         self.dp_steps: list[tuple[float, float]] = []
         self.max_weight = 1.0 if cfg.dp_placement != "off" else DEFAULT_MAX_WEIGHT
-        self.online_count = 0
         self.secure_info: dict[str, Any] = {}
 
     # -- the run ----------------------------------------------------------------------------
@@ -138,8 +140,8 @@ class BoundedFedAvg:
         return self._account(phase, server_round, replies)
 
     def _messages(self, server_round: int, state: State, node_ids: list[int],
-                  message_type: str) -> list[Message]:
-        record = self._content(server_round, state, len(node_ids))
+                  message_type: str, sampled: int | None = None) -> list[Message]:
+        record = self._content(server_round, state, sampled or len(node_ids))
         return [Message(content=record, message_type=message_type, dst_node_id=node)
                 for node in node_ids]
 
@@ -153,46 +155,69 @@ class BoundedFedAvg:
                       state: State) -> tuple[list[Message], list[np.ndarray]]:
         """One SecAgg+ round: the clear replies (metrics) and the mean of the masked updates.
 
-        A round that falls below the threshold, or whose weights exceeded the bound it was
-        set up with, runs once more (with whoever is connected, or the larger bound).
+        A round that lost too many participants before its sum was unmasked runs again (after
+        waiting for them to rejoin, then with whoever is connected). A round is never run again
+        after its sum was unmasked: two sums over different sets would reveal an update.
 
         Raises:
-            NodesLostError: Still too few participants after the second attempt.
+            NodesLostError: Still too few participants after :data:`SECURE_ATTEMPTS`.
+            RuntimeError: A reply's weight exceeds the bound its setup stated.
         """
         for attempt in range(1, SECURE_ATTEMPTS + 1):
             nodes = self.select_nodes(grid, TRAIN, server_round)
-            params = choose_params(len(nodes), self.max_weight)
+            params = choose_params(len(nodes), self.max_weight, self._clipping_range(len(nodes)))
             round_ = SecureRound(grid, nodes, params, self.cfg.phase_timeout_s,
-                                 str(server_round))
+                                 str(server_round), self.cfg.min_nodes,
+                                 fit_weight=self.cfg.dp_placement == "off")
             try:
                 result = round_.run(self._content(server_round, state, len(nodes)))
+                break
             except SecureRoundError as exc:
                 self._mark_lost(round_.lost)
                 if attempt == SECURE_ATTEMPTS:
                     raise NodesLostError(str(exc)) from None
-                log(WARNING, "%s; running the round again with the connected nodes", exc)
-                continue
-            weights = [_num(m.content.metric_records["metrics"]["num-examples"])
-                       for m in result.replies]
-            if self.cfg.dp_placement == "off" and max(weights) > self.max_weight:
-                self.max_weight = max(weights)
-                log(WARNING, "round %d: a participant trained on %d examples, above the secure "
-                    "weight bound; running the round again with that bound", server_round,
-                    max(weights))
-                continue
-            break
-        if self.cfg.dp_placement == "off":
-            self.max_weight = max(weights)  # the tightest bound for the next rounds
+                log(WARNING, "%s; running the round again (waiting up to %g s for lost nodes "
+                    "to rejoin)", exc, self.cfg.node_wait_s)
+                self._await_rejoin(sorted(round_.lost))
+        weights = [1.0 if self.cfg.dp_placement != "off" else
+                   _num(m.content.metric_records["metrics"]["num-examples"])
+                   for m in result.replies]
+        if max(weights) > result.params.max_weight:
+            raise RuntimeError(f"round {server_round}: a participant's update was weighted by "
+                               f"{max(weights):g} examples, above the {result.params.max_weight:g}"
+                               " its setup reply stated; the aggregate is not a weighted mean")
+        self.max_weight = result.params.max_weight  # the fitted bound holds for the next rounds
         clipped = sum(_num(m.content.metric_records["metrics"].get("secure-clipped", 0))
                       for m in result.replies)
         if clipped:
             log(WARNING, "round %d: %d weighted update element(s) exceeded the secure clipping "
                 "range %g and were clipped", server_round, clipped, params.clipping_range)
-        self.secure_info = {**params.as_record(), "secagg_clipped_elements": int(clipped),
-                            "secagg_stage_s": result.stage_s,
+        self.secure_info = {**result.params.as_record(), "secagg_clipped_elements": int(clipped),
+                            "secagg_stage_s": result.stage_s, "secagg_setups": result.setups,
                             "secagg_lost": {str(n): s for n, s in sorted(result.lost.items())}}
         replies = self._account(TRAIN, server_round, result.replies, top_up=False)
+        self._mark_lost(result.lost)  # lost after its masked vector: in the sum, not sampled next
         return replies, result.mean
+
+    def _await_rejoin(self, lost: list[int]) -> None:
+        """Wait at most ``node-wait-s`` for the lost nodes to activate again (a new session)."""
+        if self.grid is None:
+            return
+        since = self.sent_at.get(TRAIN, 0.0)
+        deadline = time.monotonic() + self.cfg.node_wait_s
+        while time.monotonic() < deadline:
+            activated = online_nodes(self.grid)
+            if all((activated.get(n) or 0.0) > since for n in lost):
+                return
+            time.sleep(NODE_POLL_S)
+
+    def _clipping_range(self, sampled: int) -> float:
+        """The secure clipping range: 8, or 6 x (clipped norm + client noise std) with DP."""
+        if self.cfg.dp_placement == "off":
+            return DEFAULT_CLIPPING_RANGE
+        noise = privacy.client_noise_std(self.cfg.dp_noise_multiplier,
+                                         self.cfg.dp_clipping_norm, sampled)
+        return max(DEFAULT_CLIPPING_RANGE, 6.0 * (self.cfg.dp_clipping_norm + noise))
 
     def _mark_lost(self, lost: Mapping[int, str]) -> None:
         for node in lost:
@@ -226,8 +251,8 @@ class BoundedFedAvg:
                 phase, server_round, len(usable), need, deadline - time.monotonic())
             time.sleep(NODE_POLL_S)
         fraction = self.cfg.fraction_train if phase == TRAIN else 1.0
-        size = min(len(usable), max(int(len(usable) * fraction), need))
-        self.online_count = len(usable)
+        least = max(need, 2 if self.cfg.secure_aggregation and phase == TRAIN else 1)
+        size = min(len(usable), max(int(len(usable) * fraction), least))
         chosen = sorted(random.Random(self.cfg.seed * 1000 + server_round).sample(usable, size))
         self.sent[phase] = chosen
         self.sent_at[phase] = time.time()
@@ -273,7 +298,8 @@ class BoundedFedAvg:
             return []
         state, sent_round, message_type = self.phase_args[phase]
         log(INFO, "%s round %s: re-sending to rejoined node(s) %s", phase, server_round, back)
-        replies = exchange(self.grid, self._messages(sent_round, state, back, message_type),
+        replies = exchange(self.grid, self._messages(sent_round, state, back, message_type,
+                                                     len(self.sent.get(phase, back))),
                            self.cfg.phase_timeout_s)
         return [m for m in replies if not m.has_error() and int(m.metadata.src_node_id) in back]
 
@@ -384,7 +410,9 @@ class BoundedFedAvg:
         z = privacy.effective_noise_multiplier(self.cfg.dp_placement,
                                                self.cfg.dp_noise_multiplier, sampled,
                                                contributed)
-        rate = min(1.0, sampled / max(self.online_count, 1))
+        # No amplification by sampling is claimed: the sample is seeded from the public run
+        # config and who took part is recorded, so it is neither random nor secret.
+        rate = 1.0
         self.dp_steps.append((z, rate))
         return {"dp_epsilon": privacy.epsilon(self.dp_steps, self.cfg.dp_delta),
                 "dp_delta": self.cfg.dp_delta, "dp_noise_multiplier_effective": z,

@@ -19,6 +19,7 @@ from typing import Any
 from fedcloud.core.errors import TrainingError
 from fedcloud.core.files import write_atomic
 from fedcloud.core.training import config_args
+from fl.app.protocol import SECURE_ATTEMPTS, SECURE_KEY_EXCHANGES
 from fl.app.runconfig import RESUME_MARK, ROUND_MARK, STATUS_MARK, RunConfig
 from fl.initializer.bundle import stage_app
 from fl.initializer.flwr_cli import FlwrCli, RunInfo, RunStream
@@ -102,10 +103,17 @@ def run_bound_s(cfg: RunConfig) -> float:
 
     Each round is one exchange, and the run ends with one evaluation (``fl/app/protocol.py``);
     each waits at most ``node-wait-s`` for nodes and ``phase-timeout-s`` for replies, and may
-    be sent again to a participant that came back (the same two waits once more);
-    :data:`RUN_SLACK_S` covers start-up.
+    be sent again to a participant that came back (the same two waits once more). A secure
+    round is four exchanges and may run :data:`SECURE_ATTEMPTS` times, each after a wait for
+    nodes. :data:`RUN_SLACK_S` covers start-up.
     """
-    return (cfg.rounds + 1) * 2 * (cfg.node_wait_s + cfg.phase_timeout_s) + RUN_SLACK_S
+    once = cfg.node_wait_s + cfg.phase_timeout_s
+    if cfg.secure_aggregation:
+        per_round = SECURE_ATTEMPTS * (
+            cfg.node_wait_s + (1 + SECURE_KEY_EXCHANGES) * cfg.phase_timeout_s)
+    else:
+        per_round = 2 * once
+    return cfg.rounds * per_round + 2 * once + RUN_SLACK_S
 
 
 def _nodes_file(cli: FlwrCli) -> Path:

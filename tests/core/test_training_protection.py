@@ -132,7 +132,7 @@ def test_the_new_fields_have_flower_keys_and_defaults() -> None:
     assert {k: FLOWER_KEYS[k] for k in NEW_KEYS} == NEW_KEYS
     base = RunConfig(model="covid_cnn", width=2, image_size=8, num_classes=3, rounds=1,
                      local_epochs=1, batch_size=2, learning_rate=0.1, fraction_train=1.0,
-                     min_nodes=1, phase_timeout_s=1, node_wait_s=0, seed=0)
+                     min_nodes=2, phase_timeout_s=1, node_wait_s=0, seed=0)
     assert (base.secure_aggregation, base.dp_placement, base.dp_clipping_norm,
             base.dp_noise_multiplier, base.dp_delta) == (True, "off", 1.0, 1.0, 1e-5)
     # A run config from before these keys (no such key in it) reads as the defaults.

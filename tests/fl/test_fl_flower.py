@@ -37,6 +37,7 @@ NODE_HOSTS = {"us": "127.0.2.11", "asia": "127.0.2.12", "eu": "127.0.2.13"}
 IMAGE = 32
 REJECT_WAIT_S = 6.0  # --max-wait-time of the nodes that must be refused
 ONLINE_TIMEOUT_S = 60.0
+REPLY_SENT = "Sent successfully"  # a SuperNode's log line per reply it pushed
 
 
 def _config(**changes: object) -> RunConfig:
@@ -153,28 +154,42 @@ def test_end_to_end_training_records_every_round_across_a_superlink_kill(
 
 
 def test_killed_supernode_run_completes_with_the_others(fed: LocalFederation) -> None:
-    # One round: the phase after the kill (evaluate) is where Flower's own sampling would wait
-    # for the dead node (still listed online for ~60 s); the ServerApp must skip it.
-    cfg = _config(rounds=1, min_nodes=2, phase_timeout_s=20, node_wait_s=20, seed=2)
+    # A secure round: "eu" is killed after it sent its masked vector and before the unmask
+    # stage. The delay study holds the others back (seed 1 draws a 6 s sleep for "us" and
+    # "asia", none for "eu"), so eu's vector is in well before anyone is sent the unmask stage.
+    # The round must complete from the others' shares, eu's update in the sum; the phase after
+    # (the final evaluation) skips the dead node.
+    cfg = _config(rounds=1, min_nodes=2, phase_timeout_s=20, node_wait_s=20, seed=1,
+                  delay_prob=0.5, delay_s=6.0)
     victim = fed.nodes["eu"]
+    sent = victim.log_text().count(REPLY_SENT)
     killed = threading.Event()
 
-    def on_line(line: str) -> None:
-        # Kill hard as soon as round 1's training messages are out.
-        if not killed.is_set() and "train round 1: sent to" in line:
-            victim.kill()
-            killed.set()
+    def kill_after_its_masked_vector() -> None:
+        deadline = time.monotonic() + 120
+        # Its fourth reply of the run is its masked vector (setup twice: the first round fits
+        # the weight bound; share keys; collect); the others still sleep.
+        while victim.log_text().count(REPLY_SENT) < sent + 4:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        victim.kill()
+        killed.set()
 
+    threading.Thread(target=kill_after_its_masked_vector, daemon=True).start()
     started = time.monotonic()
-    result = _train(fed, cfg, on_line=on_line)
+    result = _train(fed, cfg)
     took = time.monotonic() - started
     assert killed.is_set()
     assert result.status == "COMPLETED", result.detail
     assert [r["round"] for r in result.rounds] == [1]
     last = result.rounds[-1]
+    assert last["protection"] == "secagg+"
+    assert last["secagg_lost"] == {str(fed.node_ids["eu"]): "unmask"}
+    assert sorted(last["contributors"]) == sorted(NAMES)  # its masked update is in the sum
     assert sorted(c["participant"] for c in last["per_client"]) == ["asia", "us"]
     assert fed.node_ids["eu"] in last["dropped_nodes"]
-    # The stated bound: the dead node costs one phase timeout, never a wait without end.
+    # The stated bound: the dead node costs phase timeouts, never a wait without end.
     assert took < run_bound_s(cfg)
 
 

@@ -471,7 +471,7 @@ def test_client_app_trains_evaluates_and_applies_the_delay_study(
         monkeypatch.setattr(TaskIdentity, attr, 1)
     data = generate("cifar", tmp_path, ["eu"], 8, 5, seed=4)["eu"]
     cfg = replace(_training(model="cifar_cnn", imageSize=32).run_config(), batch_size=4,
-                  delay_prob=1.0, delay_s=0.2)
+                  delay_prob=1.0, delay_s=0.2, secure_aggregation=False)
     model = task.build_model(cfg.model_spec())
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
                           "config": ConfigRecord({"server-round": 1})})
@@ -499,3 +499,7 @@ def test_client_app_trains_evaluates_and_applies_the_delay_study(
     no_delay = replace(cfg, delay_prob=0.0)
     ctx.run_config = no_delay.to_flower()
     assert client_app.train(msg, ctx).content.metric_records["metrics"]["delay-s"] == 0.0
+    # A secure run's ClientApp never answers a plain train message (its update would leave).
+    ctx.run_config = replace(no_delay, secure_aggregation=True).to_flower()
+    with pytest.raises(AppError, match="without the secure aggregation stages"):
+        client_app.train(msg, ctx)

@@ -32,7 +32,7 @@ STACK = """config:
       vms:
         - {{id: vm-001, host: 127.0.1.81, state: Active, vcpus: 2, memoryGb: 8, diskGb: 40}}
   fedcloud:training: {{model: covid_cnn, width: 4, imageSize: 32, rounds: 3, minNodes: 1,
-                      batchSize: 8}}
+                      batchSize: 8, secureAggregation: false}}
   fedcloud:localData: {{trainPerParticipant: 16, testPerParticipant: 8}}
 """
 GOOD = {"aggregator": {"cloud": "local"}, "plan": {}, "participants": {},

@@ -86,7 +86,8 @@ def _site_packages() -> list[str]:
 def test_staged_app_imports_and_runs_with_the_project_hidden(tmp_path: Path) -> None:
     cfg = RunConfig(model="covid_cnn", width=4, image_size=16, num_classes=3, rounds=1,
                     local_epochs=1, batch_size=4, learning_rate=0.01, fraction_train=1.0,
-                    min_nodes=1, phase_timeout_s=60.0, node_wait_s=0.0, seed=0)
+                    min_nodes=1, phase_timeout_s=60.0, node_wait_s=0.0, seed=0,
+                    secure_aggregation=False)  # one node: a sum of one is no secret
     app = stage_app(tmp_path / "app", cfg)
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
            "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",

@@ -71,8 +71,8 @@ def run_config(location: str) -> dict[str, Any]:
     cfg = RunConfig(model="covid_cnn", width=2, image_size=8, num_classes=3, rounds=2,
                     local_epochs=1, batch_size=4, learning_rate=0.1, fraction_train=1.0,
                     min_nodes=1, phase_timeout_s=5.0, node_wait_s=0.0, seed=0,
-                    tracking_uri=location, experiment=EXPERIMENT, stack="status",
-                    run_name="no-nodes")
+                    secure_aggregation=False, tracking_uri=location, experiment=EXPERIMENT,
+                    stack="status", run_name="no-nodes")
     return dict(cfg.to_flower())
 
 

@@ -88,7 +88,7 @@ def _strategy(cfg: RunConfig, grid: _Grid, sent_at: float) -> BoundedFedAvg:
     strategy.sent_at[TRAIN] = sent_at
     strategy.phase_args[TRAIN] = ({}, 2, "train")
     # The messages are node ids here: the double's pull answers for each.
-    strategy._messages = lambda rnd, state, nodes, kind: list(nodes)  # type: ignore
+    strategy._messages = lambda rnd, state, nodes, kind, sampled=None: list(nodes)  # type: ignore
     return strategy
 
 
