@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--train-images", type=int, default=60, help="per participant")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1, help="model initialisation and data")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="per ClientApp (the nodes share this machine's cores)")
     parser.add_argument("--superexec-poll-s", type=float, default=None,
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                     num_classes=MODEL_CLASSES[args.model], rounds=args.rounds,
                     local_epochs=args.epochs, batch_size=16, learning_rate=0.02,
                     fraction_train=1.0, min_nodes=args.nodes, phase_timeout_s=600,
-                    node_wait_s=120, seed=1, wire_dtype=args.wire_dtype,
+                    node_wait_s=120, seed=args.seed, wire_dtype=args.wire_dtype,
                     secure_aggregation=False)  # its cost: benchmarks/secure_round.py
     size = model_bytes(build_model(cfg.model_spec()))
     names = [f"p{i + 1}" for i in range(args.nodes)]
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         kind = "cifar" if args.model == "cifar_cnn" else "covid"
         data = generate(kind, root / "data", names, args.train_images, 12,
-                        image_size=image_size, seed=1)
+                        image_size=image_size, seed=args.seed)
         hosts = {name: f"127.0.2.{110 + i}" for i, name in enumerate(names)}
         with local_federation(root, names, data, link_host=LINK_HOST, node_hosts=hosts,
                               torch_threads=args.torch_threads, online_timeout_s=120) as fed:

@@ -3,7 +3,8 @@
 Thin: it reads the run config (``context.run_config``) and the node config (``data-dir``, set
 by ``fl/orchestrator/supernode.py``; optional ``cache-dir``), and calls ``fl/app/task.py``.
 One message a round (``fl/app/protocol.py``): the ``train`` handler evaluates the global model
-it received on the local test split, trains it, and returns the update (as ``wire-dtype``) with
+it received on the local test split, trains it, and returns the update (trained - received, as
+``wire-dtype``) with
 both metric sets; ``evaluate`` serves the run's final evaluation. Each reply carries one
 MetricRecord (``num-examples`` = training examples, the FedAvg weight) and a ConfigRecord
 naming the participant. In a secure round (``fl/app/secure.py``) :func:`secure_mod` runs flwr's
@@ -189,9 +190,9 @@ def train(msg: Message, context: Context) -> Message:
     delta = _private(cfg, msg, {k: state[k].astype(np.float32) - received[k] for k in state})
     if RECORD_KEY_CONFIGS in msg.content.config_records:  # a secure round: flwr masks `fitres`
         return _secure_reply(cfg, msg, context, delta, metrics, int(stats["num_examples"]))
-    if cfg.dp_placement != "off":
-        state = {k: (received[k] + delta[k]).astype(state[k].dtype) for k in state}
-    content = RecordDict({"arrays": to_record(state, cfg.wire_dtype),
+    # The update, not the trained model: float16 keeps an update's digits where it would round
+    # a small change of a large weight away.
+    content = RecordDict({"arrays": to_record(delta, cfg.wire_dtype),
                           "metrics": metrics, "client": _client_record(context)})
     return Message(content=content, reply_to=msg)
 

@@ -370,8 +370,8 @@ class BoundedFedAvg:
             weights.append(1.0 if self.cfg.dp_placement != "off" else examples)
         if mean is not None:
             delta = dict(zip(sent, mean, strict=True))
-        elif sum(weights) > 0:
-            delta = {k: v - sent[k] for k, v in weighted_mean(states, weights).items()}
+        elif sum(weights) > 0:  # each reply holds its update (trained - received)
+            delta = weighted_mean(states, weights)
         else:
             delta = {k: np.zeros_like(v) for k, v in sent.items()}
         delta = self._noised(delta, len(replies))

@@ -1,8 +1,8 @@
 """One exchange per round: what the strategy sends, what each record's metrics belong to, float16.
 
-A Grid double plays three participants on real Flower messages: each "trains" by adding its node
-id to the received arrays and "evaluates" by reporting the received model's mean as its loss, so
-every figure can be traced to the model it came from.
+A Grid double plays three participants on real Flower messages: each "trains" by returning an
+update of its node id on every element and "evaluates" by reporting the received model's mean as
+its loss, so every figure can be traced to the model it came from.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class _Participants:
         if msg.metadata.message_type == MessageType.TRAIN:
             metrics.update({"num-examples": EXAMPLES[node], "train-loss": 0.1,
                             "train-time-s": 0.0, "delay-s": 0.0})
-            update = {k: v + node for k, v in received.items()}
+            update = {k: np.full_like(v, node) for k, v in received.items()}  # its update
             arrays = {"arrays": to_record(update, "float32")}
         content = SimpleNamespace(metric_records={"metrics": metrics}, array_records=arrays,
                                   config_records={"client": {"participant": f"p{node}"}})
