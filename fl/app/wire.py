@@ -16,15 +16,28 @@ from fl.app.protocol import WIRE_DTYPES
 
 State = dict[str, np.ndarray]
 TRAIN_DTYPE = np.float32
+# A float16 array's largest magnitude on the wire (float16 reaches 65504; normal from 6.1e-5).
+F16_PEAK = 2.0**14
+SCALE_SUFFIX = "@scale"
 
 
 def to_record(state: Mapping[str, np.ndarray], wire_dtype: str) -> ArrayRecord:
-    """An ArrayRecord of ``state`` with floating arrays cast to ``wire_dtype``."""
+    """An ArrayRecord of ``state`` with floating arrays cast to ``wire_dtype``.
+
+    A float16 array travels scaled so its largest magnitude is :data:`F16_PEAK`, with the
+    float32 scale as a 0-d array ``<name><SCALE_SUFFIX>``: an update's small values keep
+    float16's three digits instead of falling into its subnormal range (below 6e-5).
+    """
     if wire_dtype not in WIRE_DTYPES:
         raise ValueError(f"wire dtype '{wire_dtype}' is not one of {sorted(WIRE_DTYPES)}")
     record = ArrayRecord()
     for name, arr in state.items():
-        if np.issubdtype(arr.dtype, np.floating):
+        if np.issubdtype(arr.dtype, np.floating) and wire_dtype == "float16":
+            peak = float(np.abs(arr).max()) if arr.size else 0.0
+            scale = np.float32(peak / F16_PEAK if peak > 0 and np.isfinite(peak) else 1.0)
+            record[name + SCALE_SUFFIX] = Array.from_numpy_ndarray(np.asarray(scale))
+            arr = (arr.astype(np.float32) / scale).astype(np.float16)
+        elif np.issubdtype(arr.dtype, np.floating):
             arr = arr.astype(wire_dtype, copy=False)
         record[name] = Array.from_numpy_ndarray(np.ascontiguousarray(arr))
     return record
@@ -33,10 +46,16 @@ def to_record(state: Mapping[str, np.ndarray], wire_dtype: str) -> ArrayRecord:
 def from_record(record: ArrayRecord) -> State:
     """The arrays of a received record, floating ones restored to float32 (order kept)."""
     out: State = {}
+    scales = {k[: -len(SCALE_SUFFIX)]: float(v.numpy()) for k, v in record.items()
+              if k.endswith(SCALE_SUFFIX)}
     for name, array in record.items():
+        if name.endswith(SCALE_SUFFIX):
+            continue
         arr = array.numpy()
         if np.issubdtype(arr.dtype, np.floating) and arr.dtype != TRAIN_DTYPE:
             arr = arr.astype(TRAIN_DTYPE)
+        if name in scales:
+            arr = arr * TRAIN_DTYPE(scales[name])
         out[name] = arr
     return out
 

@@ -21,7 +21,7 @@ from fl.app.protocol import traffic
 from fl.app.records import RoundRecord
 from fl.app.runconfig import RunConfig
 from fl.app.strategy import BoundedFedAvg
-from fl.app.wire import from_record, to_record, weighted_mean
+from fl.app.wire import SCALE_SUFFIX, from_record, to_record, weighted_mean
 
 EXAMPLES = {1: 10, 2: 20, 3: 30}
 
@@ -62,7 +62,8 @@ class _Participants:
     def _answer(self, msg: Message, mid: str) -> Any:
         node = msg.metadata.dst_node_id
         record = msg.content.array_records["arrays"]
-        self.wire_dtypes |= {a.numpy().dtype.name for a in record.values()}
+        self.wire_dtypes |= {a.numpy().dtype.name for k, a in record.items()
+                             if not k.endswith(SCALE_SUFFIX)}
         received = from_record(record)
         metrics: dict[str, Any] = {"eval-examples": 3, "eval-time-s": 0.0,
                                    "eval-loss": float(received["w"].mean()),
@@ -131,6 +132,17 @@ def test_float16_on_the_wire_float32_in_aggregation() -> None:
     assert final["w"].dtype == np.float32
     assert store.rounds[-1][1]["w"].dtype == np.float32
     assert traffic("float16").copy_bytes(1000) == 500
+
+
+def test_float16_keeps_three_digits_of_small_values() -> None:
+    # An update's values sit far below float16's normal range (6.1e-5); scaled, they keep
+    # float16's relative precision (2**-11) of the array's largest value.
+    update = {"w": np.array([3e-7, -2e-6, 5e-8, 1e-9], np.float32), "n": np.array([7])}
+    back = from_record(to_record(update, "float16"))
+    assert set(back) == {"w", "n"} and back["n"].tolist() == [7]
+    assert np.abs(back["w"] - update["w"]).max() <= 2e-6 * 2.0**-11
+    plain_f16 = update["w"].astype(np.float16).astype(np.float32)  # what an unscaled cast keeps
+    assert np.abs(plain_f16 - update["w"]).max() > 100 * np.abs(back["w"] - update["w"]).max()
 
 
 def test_weighted_mean_is_fedavg_and_refuses_mismatched_updates() -> None:
