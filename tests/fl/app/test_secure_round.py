@@ -74,14 +74,14 @@ def _run(cfg: RunConfig, data: list[Path], tmp: Path,
 
 
 def _true_updates(grid: InProcessGrid, initial: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
-    """Each node's plain train reply minus the model it was sent, flattened."""
+    """Each node's plain train reply (its update: trained - received), flattened."""
     out = {}
     for msg in grid.received:
         arrays = msg.content.array_records.get("arrays")
         if arrays is None or msg.metadata.message_type != "train":
             continue
         out[int(msg.metadata.src_node_id)] = np.concatenate(
-            [arrays[k].numpy().ravel() - initial[k].ravel() for k in initial])
+            [arrays[k].numpy().ravel() for k in initial])
     return out
 
 
@@ -105,6 +105,9 @@ def test_secure_aggregate_matches_plain_fedavg_and_reveals_no_update(
     assert any(float(np.abs(plain[k] - initial[k]).max()) > 1e-3 for k in plain)  # it trained
     truth = _true_updates(plain_grid, initial)
     assert len(truth) == 3
+    # They are the true updates: their mean (equal example counts) is plain FedAvg's step.
+    step = np.concatenate([(plain[k] - initial[k]).ravel() for k in initial])
+    assert np.abs(np.mean(list(truth.values()), axis=0) - step).max() <= 1e-6
     stages = []
     for msg in grid.received:  # everything the aggregator got in the secure run
         configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
