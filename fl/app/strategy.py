@@ -178,10 +178,9 @@ class BoundedFedAvg:
                     raise NodesLostError(str(exc)) from None
                 log(WARNING, "%s; running the round again (waiting up to %g s for lost nodes "
                     "to rejoin)", exc, self.cfg.node_wait_s)
-                self._await_rejoin(sorted(round_.lost))
-        weights = [1.0 if self.cfg.dp_placement != "off" else
-                   _num(m.content.metric_records["metrics"]["num-examples"])
-                   for m in result.replies]
+                lost = sorted(round_.lost)
+                self._rejoined(TRAIN, server_round, lost, len(lost))
+        weights = [self._weight(m) for m in result.replies]
         if max(weights) > result.params.max_weight:
             raise RuntimeError(f"round {server_round}: a participant's update was weighted by "
                                f"{max(weights):g} examples, above the {result.params.max_weight:g}"
@@ -199,16 +198,22 @@ class BoundedFedAvg:
         self._mark_lost(result.lost)  # lost after its masked vector: in the sum, not sampled next
         return replies, result.mean
 
-    def _await_rejoin(self, lost: list[int]) -> None:
-        """Wait at most ``node-wait-s`` for the lost nodes to activate again (a new session)."""
-        if self.grid is None:
-            return
-        since = self.sent_at.get(TRAIN, 0.0)
+    def _rejoined(self, phase: str, server_round: int, missing: list[int],
+                  need: int) -> list[int]:
+        """Wait at most ``node-wait-s`` for ``need`` of ``missing`` to rejoin; return who did.
+
+        Rejoined: activated again (a new session) since the phase was sent.
+        """
+        sent_at = self.sent_at.get(phase, 0.0)
         deadline = time.monotonic() + self.cfg.node_wait_s
-        while time.monotonic() < deadline:
-            activated = online_nodes(self.grid)
-            if all((activated.get(n) or 0.0) > since for n in lost):
-                return
+        while True:
+            activated = online_nodes(self.grid) if self.grid is not None else {}
+            back = [n for n in missing if (activated.get(n) or 0.0) > sent_at]
+            if len(back) >= need or time.monotonic() >= deadline:
+                return back
+            log(INFO, "%s round %s: waiting for lost node(s) %s to rejoin (up to %.0f s)",
+                phase, server_round, [n for n in missing if n not in back],
+                deadline - time.monotonic())
             time.sleep(NODE_POLL_S)
 
     def _clipping_range(self, sampled: int) -> float:
@@ -280,20 +285,8 @@ class BoundedFedAvg:
         """
         if self.grid is None or phase not in self.phase_args:
             return []
-        sent_at = self.sent_at.get(phase, 0.0)
-        deadline = time.monotonic() + self.cfg.node_wait_s
-        back: list[int] = []
-        while True:
-            activated = online_nodes(self.grid)
-            back = [n for n in missing if (activated.get(n) or 0.0) > sent_at]
-            if len(valid) + len(back) >= self.cfg.min_nodes or len(back) == len(missing):
-                break
-            if time.monotonic() >= deadline:
-                break
-            log(INFO, "%s round %s: waiting for lost node(s) %s to rejoin (up to %.0f s)",
-                phase, server_round, [n for n in missing if n not in back],
-                deadline - time.monotonic())
-            time.sleep(NODE_POLL_S)
+        need = min(len(missing), self.cfg.min_nodes - len(valid))
+        back = self._rejoined(phase, server_round, missing, need)
         if not back:
             return []
         state, sent_round, message_type = self.phase_args[phase]
@@ -367,7 +360,7 @@ class BoundedFedAvg:
             }
             if mean is None:
                 states.append(from_record(msg.content.array_records["arrays"]))
-            weights.append(1.0 if self.cfg.dp_placement != "off" else examples)
+            weights.append(self._weight(msg))
         if mean is not None:
             delta = dict(zip(sent, mean, strict=True))
         elif sum(weights) > 0:  # each reply holds its update (trained - received)
@@ -394,6 +387,12 @@ class BoundedFedAvg:
             **self._privacy_figures(len(self.sent.get(TRAIN, [])), len(replies)),
         }
         return Aggregated(server_round, state, stats, extra)
+
+    def _weight(self, msg: Message) -> float:
+        """A reply's FedAvg weight: its training examples (1 each with DP: a uniform mean)."""
+        if self.cfg.dp_placement != "off":
+            return 1.0
+        return _num(msg.content.metric_records["metrics"]["num-examples"])
 
     def _noised(self, delta: State, contributed: int) -> State:
         """The mean update with the server's differential-privacy noise (std z*C/contributed)."""
