@@ -106,7 +106,8 @@ def base_config(rounds: int, seed: int = 1) -> RunConfig:
                      num_classes=MODEL_CLASSES["cifar_cnn"], rounds=rounds, local_epochs=1,
                      batch_size=32, learning_rate=0.01, fraction_train=1.0,
                      min_nodes=len(PARTICIPANTS), phase_timeout_s=PHASE_TIMEOUT_S,
-                     node_wait_s=NODE_WAIT_S, seed=seed)
+                     node_wait_s=NODE_WAIT_S, seed=seed,
+                     secure_aggregation=False)  # the brief's test bed: plain FedAvg rounds
 
 
 def expected_delay_s(rounds: int, delay_s: float, prob: float, clients: int) -> float:
