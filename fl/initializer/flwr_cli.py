@@ -1,9 +1,9 @@
 """The ``flwr`` CLI under the project's own ``FLWR_HOME`` (never the user's ``~/.flwr``).
 
-The CLI is Flower's public, versioned client of the SuperLink's Control API; wrapping it (rather
-than importing its internals) keeps the project on the supported surface. Each call is a short
-subprocess (about 1.7 s, mostly imports) with a timeout, ``--format json`` where Flower offers it,
-and Flower's phone-home switched off.
+The CLI is Flower's public, versioned client of the SuperLink's Control API. Each call is a
+short subprocess (about 1.7 s, mostly imports) with a timeout, ``--format json`` where Flower
+offers it, and Flower's phone-home switched off; node registration, asked once per participant
+before every job, sends the CLI's own request in this process instead (``fedcloud.core.control``).
 
 The connection lives in ``$FLWR_HOME/config.toml`` (``[superlink.NAME]`` with ``address`` and
 ``root-certificates``, or ``insecure = true``). A legacy ``[tool.flwr.federations]`` table in an
@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fedcloud.core.control import ControlApi
 from fedcloud.core.errors import TrainingError
 from fedcloud.core.files import write_atomic
 from fedcloud.core.flower import default_executable, venv_bin_env
@@ -268,10 +269,25 @@ class FlwrCli:
             )
         return doc
 
+    def _control(self, connection: str) -> ControlApi | None:
+        """The Control API client of ``connection`` (``None``: not in ``config.toml``)."""
+        return ControlApi.from_config(self.config_path, connection)
+
     # -- nodes -----------------------------------------------------------------------------
 
     def register_node(self, public_key: Path, connection: str) -> int:
-        """Register a SuperNode's public key (``flwr supernode register``); return its node id."""
+        """Register a SuperNode's public key; return its node id.
+
+        Sent over the Control API in this process (:class:`fedcloud.core.control.ControlApi`,
+        the request ``flwr supernode register`` sends) when ``config.toml`` holds the
+        connection, else with the CLI.
+        """
+        control = self._control(connection)
+        if control is not None:
+            try:
+                return control.register_node(Path(public_key), connection)
+            finally:
+                control.close()
         doc = self._call_json(["supernode", "register", str(public_key), connection])
         return int(doc["node-id"])
 
@@ -358,7 +374,17 @@ class FlwrCli:
         return RunStream(run_id=run_id[0], proc=proc, lines=lines, reader=reader)
 
     def list_runs(self, connection: str, run_id: int | None = None) -> list[RunInfo]:
-        """List runs (``flwr ls --format json``), or one run with ``run_id``."""
+        """List runs (as ``flwr ls --format json``), or one run with ``run_id``.
+
+        Over the Control API in this process when ``config.toml`` holds the connection (the
+        run's status is asked after every run), else with the CLI.
+        """
+        control = self._control(connection)
+        if control is not None:
+            try:
+                return [run_info_from_json(r) for r in control.list_runs(connection, run_id)]
+            finally:
+                control.close()
         args = ["ls", connection] + (["--run-id", str(run_id)] if run_id is not None else [])
         doc = self._call_json(args)
         return [run_info_from_json(r) for r in doc.get("runs", [])]

@@ -16,16 +16,16 @@ from typing import Protocol
 
 from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
 
+from fedcloud.core.control import ControlApi
 from fedcloud.core.errors import OrchestratorError
 from fl.app.exchange import epoch
-from fl.orchestrator.control import ControlApiLister
 from fl.orchestrator.supernode import MAX_WAIT_TIME_S
 
 NODE_LIST_MAX_AGE_S = 1.0
 """Through the ``flwr`` CLI, the node list is fetched at most once per this interval for all
 participants."""
 CONTROL_LIST_MAX_AGE_S = 0.1
-"""The same over the Control API in this process (:mod:`fl.orchestrator.control`)."""
+"""The same over the Control API in this process (:mod:`fedcloud.core.control`)."""
 CLOCK_SKEW_S = 5.0
 """Tolerance between this machine's and the SuperLink's clocks when reading ``online-at``."""
 
@@ -106,7 +106,7 @@ class SuperLinkNodes:
     """:class:`NodeDirectory` over the SuperLink's node list.
 
     When the CLI's config (``cli.config_path``) holds the connection, the list comes from the
-    Control API in this process (:class:`fl.orchestrator.control.ControlApiLister`, a few ms;
+    Control API in this process (:class:`fedcloud.core.control.ControlApi`, a few ms;
     one call serves every participant's thread for :data:`CONTROL_LIST_MAX_AGE_S`); otherwise
     from ``cli.list_nodes`` (``flwr supernode list``, about 1.7 s, for
     :data:`NODE_LIST_MAX_AGE_S`).
@@ -122,7 +122,7 @@ class SuperLinkNodes:
         self.connection = connection
         self.node_ids = dict(node_ids)
         config = getattr(cli, "config_path", None)
-        control = (ControlApiLister.from_config(config, connection)
+        control = (ControlApi.from_config(config, connection)
                    if isinstance(config, Path) else None)
         self.lister: NodeLister = control if control is not None else cli
         self.max_age_s = CONTROL_LIST_MAX_AGE_S if control is not None else NODE_LIST_MAX_AGE_S

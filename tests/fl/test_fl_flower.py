@@ -25,6 +25,7 @@ from fedcloud.local.synth import generate
 from fl.app.records import METRICS
 from fl.app.runconfig import RunConfig
 from fl.initializer.certs import make_ca, make_node_key
+from fl.initializer.flwr_cli import run_info_from_json
 from fl.initializer.superlink import free_port
 from fl.initializer.training import CONNECTION, TrainingResult, run_bound_s, start_training
 from fl.orchestrator.supernode import start_supernode
@@ -122,6 +123,14 @@ def test_end_to_end_training_records_every_round_across_a_superlink_kill(
     assert len(result.flower_runs) == 2 and len(result.interruptions) == 1
     assert [(r["from_round"], r["next_round"]) for r in result.resumes] == [(1, 2)]
     assert fed.cli.run_info(CONNECTION, result.flower_runs[0]).finished
+    # The run's status read in this process (Control API) is what `flwr ls` prints.
+    for run_id in result.flower_runs:
+        here = fed.cli.run_info(CONNECTION, run_id)
+        printed = [run_info_from_json(r) for r in fed.cli._call_json(
+            ["ls", CONNECTION, "--run-id", str(run_id)])["runs"]]
+        assert [(r.run_id, r.status, r.details, r.elapsed_s, r.inbound_bytes, r.outbound_bytes)
+                for r in printed] == [(here.run_id, here.status, here.details, here.elapsed_s,
+                                       here.inbound_bytes, here.outbound_bytes)]
     assert [r["round"] for r in result.rounds] == [1, 2]
     # Every ClientApp was forked warm by its node's starter (fl/orchestrator/warm/).
     for proc in fed.nodes.values():

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from orchestrator_fakes import ScriptedTransport, VmScript, fake_participant, launch, settings
 
+from fedcloud.core.control import ControlApi
 from fedcloud.core.errors import OrchestratorError
 from fl.orchestrator import NodeLaunch, Orchestrator, SuperLinkNodes
-from fl.orchestrator.control import ControlApiLister
 from fl.orchestrator.nodes import (
     CONTROL_LIST_MAX_AGE_S,
     NODE_LIST_MAX_AGE_S,
@@ -197,17 +197,17 @@ def test_the_control_api_lister_is_built_from_the_cli_config(tmp_path: Path) -> 
     config.write_text('[superlink]\ndefault = "fed"\n\n[superlink.fed]\n'
                       'address = "127.0.0.1:9"\nroot-certificates = "/certs/ca.pem"\n')
     nodes = SuperLinkNodes(NoList(config), "fed", {"us": 1})
-    assert isinstance(nodes.lister, ControlApiLister)
+    assert isinstance(nodes.lister, ControlApi)
     assert nodes.lister.address == "127.0.0.1:9"
     assert nodes.lister.root_certificates == Path("/certs/ca.pem")
     assert nodes.max_age_s == CONTROL_LIST_MAX_AGE_S
     other = SuperLinkNodes(NoList(config), "other", {"us": 1})
     assert other.lister is other.cli and other.max_age_s == NODE_LIST_MAX_AGE_S
-    assert ControlApiLister.from_config(tmp_path / "missing.toml", "fed") is None
+    assert ControlApi.from_config(tmp_path / "missing.toml", "fed") is None
 
 
 def test_an_unreachable_control_api_is_one_line_naming_it(tmp_path: Path) -> None:
-    lister = ControlApiLister("127.0.0.1:9", None)  # discard port: nothing listens
+    lister = ControlApi("127.0.0.1:9", None)  # discard port: nothing listens
     with pytest.raises(OrchestratorError, match=r"Control API at 127\.0\.0\.1:9 \(connection "
                        r"'fed'\) did not list its nodes") as err:
         lister.list_nodes("fed")

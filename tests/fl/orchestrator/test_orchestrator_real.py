@@ -19,15 +19,17 @@ from pathlib import Path
 
 import pytest
 
+from fedcloud.core.control import ControlApi
+from fedcloud.core.errors import TrainingError
 from fedcloud.core.participants import Location, Participant
 from fedcloud.core.stack import OrchestratorSettings
 from fedcloud.local.emulated import EmulatedCloud, brief_vms
 from fedcloud.local.localfed import start_local_superlink
+from fl.initializer.certs import ensure_deployment_certs, make_node_key
 from fl.initializer.flwr_cli import FlwrCli
 from fl.initializer.superlink import SuperLinkProcess
-from fl.initializer.training import CONNECTION
+from fl.initializer.training import CONNECTION, register_nodes
 from fl.orchestrator import NodeLaunch, Orchestrator, SuperLinkNodes
-from fl.orchestrator.control import ControlApiLister
 from fl.orchestrator.results import StartFailed
 from fl.orchestrator.rotation import rotation
 from fl.orchestrator.scripts import KEY_FILE, SUPERNODE_PID
@@ -111,9 +113,29 @@ def _superexec_of(supernode_pid: int) -> int | None:
     return None
 
 
+def test_node_keys_are_registered_over_the_control_api_without_the_cli(fed: Fed) -> None:
+    # A `flwr` that cannot start proves no CLI runs: the request goes from this process.
+    cli = FlwrCli(fed.cli.home, executable="/nonexistent/flwr")
+    keys = {n: k.public_key for n, k in
+            ensure_deployment_certs(fed.root / "certs", [LINK_HOST], NAMES).nodes.items()}
+    with pytest.raises(TrainingError, match="already in use") as err:
+        cli.register_node(keys["us"], CONNECTION)
+    assert "\n" not in str(err.value).strip()
+    # Known keys resolve to the ids recorded when they were first registered.
+    assert register_nodes(cli, CONNECTION, fed.link.address, keys) == fed.node_ids
+    fresh = make_node_key(fed.root / "extra-key", "extra")
+    new_id = cli.register_node(fresh.public_key, CONNECTION)
+    assert new_id not in fed.node_ids.values()
+    assert new_id in {n.node_id for n in fed.cli.list_nodes(CONNECTION)}
+    bad = fed.root / "extra-key" / "not-a-key.pub"
+    bad.write_text("ssh-ed25519 AAAA this is not a key\n", encoding="ascii")
+    with pytest.raises(TrainingError, match=r"cannot read the node public key .*not-a-key\.pub"):
+        cli.register_node(bad, CONNECTION)
+
+
 def test_dispatch_shows_every_supernode_online(fed: Fed) -> None:
     # The node list comes from the Control API in this process, not a `flwr` CLI per poll.
-    assert isinstance(fed.nodes.lister, ControlApiLister)
+    assert isinstance(fed.nodes.lister, ControlApi)
     result = fed.orch.dispatch()
     assert result.ok, [r.summary() for r in result.values()]
     for name in NAMES:
