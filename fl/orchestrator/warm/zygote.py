@@ -17,12 +17,15 @@ import signal
 import socket
 import struct
 import sys
+import threading
 from collections.abc import Callable
 
 MAX_REQUEST = 1 << 20
 ACCEPT_TIMEOUT_S = 0.5
 READY_LINE = "warm ClientApp starter ready on"
 STARTED_LINE = "warm ClientApp start, pid"
+PRELOAD_NICE = 10
+"""Nice increment of the import thread only (the main thread, which forks, keeps its own)."""
 
 
 def preload() -> Callable[[], None]:
@@ -35,9 +38,37 @@ def preload() -> Callable[[], None]:
     return flwr_clientapp
 
 
+def preload_in_background() -> Callable[[], None]:
+    """:func:`preload` in a thread niced by :data:`PRELOAD_NICE`; return its entry point.
+
+    Linux keeps a nice value per thread and a child inherits its forking thread's: the imports
+    yield the CPU to the SuperNode's own start (what a dispatch waits for), and the ClientApps,
+    forked by the main thread, run at the starter's own priority.
+    """
+    done: list[Callable[[], None]] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        with contextlib.suppress(OSError):
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid)
+                           + PRELOAD_NICE)
+        try:
+            done.append(preload())
+        except BaseException as exc:  # re-raised in the main thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="preload")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return done[0]
+
+
 def serve(path: str, parent: int) -> None:
     """Fork one ClientApp per request on the socket at ``path`` until ``parent`` is gone."""
-    entry = preload()
+    entry = preload_in_background()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from fl.orchestrator.warm.zygote import PRELOAD_NICE
 from fl.orchestrator.warmstart import (
     REAL_ENV,
     SHIM_FILE,
@@ -29,8 +30,11 @@ sys.path.insert(0, {warm!r})
 import zygote
 def probe():
     print("child", os.getpid(), os.getppid(), os.getcwd(), os.environ.get("PROBE"),
-          " ".join(sys.argv), flush=True)
-zygote.preload = lambda: probe
+          " ".join(sys.argv), "nice", os.getpriority(os.PRIO_PROCESS, 0), flush=True)
+def preload():
+    print("preload nice", os.getpriority(os.PRIO_PROCESS, 0), flush=True)
+    return probe
+zygote.preload = preload
 zygote.serve(sys.argv[1], os.getppid())
 """
 
@@ -69,7 +73,12 @@ def test_the_shim_starts_the_clientapp_through_the_starter(tmp_path: Path) -> No
         text = _wait_for(out, "child")
         fields = text.split()
         # Forked by the starter, in the shim's directory, environment and streams.
-        assert fields[3:] == [str(work), "seen", "flwr-clientapp", "--token", "t1"]
+        assert fields[3:8] == [str(work), "seen", "flwr-clientapp", "--token", "t1"]
+        # The imports ran niced in their own thread; the ClientApp runs at the starter's
+        # priority (Linux: a nice value per thread, inherited from the forking thread).
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        assert fields[8:] == ["nice", str(base)]
+        assert f"preload nice {min(19, base + PRELOAD_NICE)}" in log.read_text()
         starter_pid = int(fields[2])
         assert b"probe_starter.py" in Path(f"/proc/{starter_pid}/cmdline").read_bytes()
     finally:
