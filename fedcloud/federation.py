@@ -11,6 +11,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,9 +169,15 @@ def run_federation(
                 run_config=run_config, state_dir=cfg.state_dir, cli=cli, on_round=on_round,
                 max_resumes=cfg.training.max_resumes if cfg.training.resume else 0,
                 aggregator_wait_s=cfg.training.aggregator_wait_s, on_resume=on_resume)
-    finally:
+    except BaseException:
         orchestrator.stop(placements)
-    best = best_model(cfg, trained, aggregator.store) if trained.status == "COMPLETED" else None
+        raise
+    # The SuperNodes stop (SSH, on the VMs) while the best round is registered (the store).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stop") as pool:
+        stopped = pool.submit(orchestrator.stop, placements)
+        best = (best_model(cfg, trained, aggregator.store) if trained.status == "COMPLETED"
+                else None)
+        stopped.result()
     return FederationResult(dispatched, trained, best, protection)
 
 
