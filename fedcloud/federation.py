@@ -175,9 +175,12 @@ def run_federation(
     # The SuperNodes stop (SSH, on the VMs) while the best round is registered (the store).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stop") as pool:
         stopped = pool.submit(orchestrator.stop, placements)
-        best = (best_model(cfg, trained, aggregator.store) if trained.status == "COMPLETED"
-                else None)
-        stopped.result()
+        try:
+            best = (best_model(cfg, trained, aggregator.store) if trained.status == "COMPLETED"
+                    else None)
+        finally:
+            if (exc := stopped.exception()) is not None:  # waits for the stop
+                log.error("stopping the SuperNodes failed: %s", exc)
     return FederationResult(dispatched, trained, best, protection)
 
 

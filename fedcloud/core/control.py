@@ -1,10 +1,11 @@
-"""The SuperLink's Control API in this process: node list and node registration, no ``flwr`` CLI.
+"""The SuperLink's Control API in this process: nodes, node registration, runs; no ``flwr`` CLI.
 
-Each ``flwr supernode list|register`` pays a Python start-up (about 1.7 s idle, several seconds on
-a loaded machine); a dispatch lists the nodes while they come online and a job registers every
-participant's key first. This sends the CLI's own requests (``ListNodes``, ``RegisterNode``, flwr
-1.41's protobuf-over-HTTP client) on the connection the CLI uses (``[superlink.NAME]`` in
-``$FLWR_HOME/config.toml``). See fl/README.md, "Dynamic Task Orchestrator".
+Each ``flwr supernode list|register`` or ``flwr ls`` pays a Python start-up (about 1.7 s idle,
+several seconds on a loaded machine); a dispatch lists the nodes while they come online, a job
+registers every participant's key first and reads its run's status last. This sends the CLI's
+own requests (``ListNodes``, ``RegisterNode``, ``ListRuns``, flwr 1.41's protobuf-over-HTTP
+client) on the connection the CLI uses (``[superlink.NAME]`` in ``$FLWR_HOME/config.toml``).
+See fl/README.md, "Dynamic Task Orchestrator" and "FL Initializer".
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.cli.cli_client_interceptor import CliClientHttpInterceptor
@@ -49,7 +51,7 @@ class ControlNode:
 
 
 class ControlApi:
-    """``list_nodes`` and ``register_node`` over one kept-alive Control API client (thread-safe).
+    """``list_nodes``, ``register_node`` and ``list_runs`` over one kept-alive client (thread-safe).
 
     Args:
         address: The Control API's ``host:port``.
@@ -147,7 +149,7 @@ class ControlApi:
         """
         try:
             key = serialization.load_ssh_public_key(public_key.read_bytes())
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, UnsupportedAlgorithm) as exc:
             raise TrainingError(f"cannot read the node public key {public_key}: {exc}.",
                                 "generate it with fl.initializer.certs.make_node_key.") from None
         if not isinstance(key, ec.EllipticCurvePublicKey) or not uses_nist_ec_curve(key):

@@ -1,9 +1,10 @@
 """The ``flwr`` CLI under the project's own ``FLWR_HOME`` (never the user's ``~/.flwr``).
 
-The CLI is Flower's public, versioned client of the SuperLink's Control API. Each call is a
+The CLI is Flower's public, versioned client of the SuperLink's Control API. A CLI call is a
 short subprocess (about 1.7 s, mostly imports) with a timeout, ``--format json`` where Flower
-offers it, and Flower's phone-home switched off; node registration, asked once per participant
-before every job, sends the CLI's own request in this process instead (``fedcloud.core.control``).
+offers it, and Flower's phone-home switched off. Node registration and the run list, asked
+around every job, send the CLI's own requests in this process instead (``fedcloud.core.control``)
+when ``config.toml`` holds the connection.
 
 The connection lives in ``$FLWR_HOME/config.toml`` (``[superlink.NAME]`` with ``address`` and
 ``root-certificates``, or ``insecure = true``). A legacy ``[tool.flwr.federations]`` table in an
