@@ -128,9 +128,11 @@ def test_node_keys_are_registered_over_the_control_api_without_the_cli(fed: Fed)
     assert new_id not in fed.node_ids.values()
     assert new_id in {n.node_id for n in fed.cli.list_nodes(CONNECTION)}
     bad = fed.root / "extra-key" / "not-a-key.pub"
-    bad.write_text("ssh-ed25519 AAAA this is not a key\n", encoding="ascii")
-    with pytest.raises(TrainingError, match=r"cannot read the node public key .*not-a-key\.pub"):
-        cli.register_node(bad, CONNECTION)
+    for text in ("ssh-ed25519 AAAA this is not a key", "ssh-unknown-type AAAAB3NzaC1yc2E x"):
+        bad.write_text(text + "\n", encoding="ascii")
+        with pytest.raises(TrainingError,
+                           match=r"cannot read the node public key .*not-a-key\.pub"):
+            cli.register_node(bad, CONNECTION)
 
 
 def test_dispatch_shows_every_supernode_online(fed: Fed) -> None:
