@@ -107,7 +107,7 @@ def base_config(rounds: int, seed: int = 1) -> RunConfig:
                      batch_size=32, learning_rate=0.01, fraction_train=1.0,
                      min_nodes=len(PARTICIPANTS), phase_timeout_s=PHASE_TIMEOUT_S,
                      node_wait_s=NODE_WAIT_S, seed=seed,
-                     secure_aggregation=False)  # the brief's test bed: plain FedAvg rounds
+                     secure_aggregation=False)  # the case study's test bed: plain FedAvg rounds
 
 
 def expected_delay_s(rounds: int, delay_s: float, prob: float, clients: int) -> float:
