@@ -13,9 +13,10 @@ from __future__ import annotations
 import ssl
 import threading
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -30,7 +31,9 @@ from flwr.supercore.error import FlowerError
 from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes, uses_nist_ec_curve
 
-from fedcloud.core.errors import OrchestratorError, TrainingError
+from fedcloud.core.errors import FedcloudError, OrchestratorError, TrainingError
+
+T = TypeVar("T")
 
 LIST_TIMEOUT_S = 10.0
 """Bound on one Control API request (connect and read)."""
@@ -95,21 +98,27 @@ class ControlApi:
                               RuntimeVersionHttpInterceptor(component_name="flwr CLI")])
         return self._client
 
+    def _request(self, connection: str, what: str, error: type[FedcloudError],
+                 call: Callable[[ControlHttpClient], T]) -> T:
+        """One request on the kept-alive client; any failure is one ``error`` line naming it."""
+        with self._lock:
+            try:
+                return call(self._connect())
+            except Exception as exc:  # httpx, TLS and Flower's own errors alike
+                raise error(
+                    f"the SuperLink's Control API at {self.address} (connection '{connection}')"
+                    f" did not {what}: {_reason(exc)}.",
+                    "check that the SuperLink is running and its CA is the connection's "
+                    "root-certificates.") from None
+
     def list_nodes(self, connection: str) -> list[ControlNode]:
         """Return the SuperLink's node list (``connection`` names it in errors only).
 
         Raises:
             OrchestratorError: The Control API did not answer (one line, with the address).
         """
-        with self._lock:
-            try:
-                res = self._connect().ListNodes(ListNodesRequest())
-            except Exception as exc:  # httpx, TLS and Flower's own errors alike
-                raise OrchestratorError(
-                    f"the SuperLink's Control API at {self.address} (connection '{connection}')"
-                    f" did not list its nodes: {_reason(exc)}.",
-                    "check that the SuperLink is running and its CA is the connection's "
-                    "root-certificates.") from None
+        res = self._request(connection, "list its nodes", OrchestratorError,
+                            lambda client: client.ListNodes(ListNodesRequest()))
         return [ControlNode(int(n.node_id), str(n.status), str(n.last_activated_at or ""))
                 for n in res.nodes_info]
 
@@ -123,15 +132,8 @@ class ControlApi:
             TrainingError: The Control API did not answer or does not know ``run_id``.
         """
         request = ListRunsRequest() if run_id is None else ListRunsRequest(run_id=run_id)
-        with self._lock:
-            try:
-                res = self._connect().ListRuns(request)
-            except Exception as exc:
-                raise TrainingError(
-                    f"the SuperLink's Control API at {self.address} (connection '{connection}')"
-                    f" did not list its runs: {_reason(exc)}.",
-                    "check that the SuperLink is running and its CA is the connection's "
-                    "root-certificates.") from None
+        res = self._request(connection, "list its runs", TrainingError,
+                            lambda client: client.ListRuns(request))
         rows = format_runs([run_from_proto(r) for r in res.run_dict.values()], res.now)
         return [{"run-id": str(row.run_id), "status": row.status_text,
                  "status-details": row.details, "running-at": row.running_at,
@@ -155,16 +157,9 @@ class ControlApi:
         if not isinstance(key, ec.EllipticCurvePublicKey) or not uses_nist_ec_curve(key):
             raise TrainingError(f"node public key {public_key} is not on a NIST EC curve.",
                                 "generate it with fl.initializer.certs.make_node_key.")
-        with self._lock:
-            try:
-                res = self._connect().RegisterNode(
-                    RegisterNodeRequest(public_key=public_key_to_bytes(key)))
-            except Exception as exc:
-                raise TrainingError(
-                    f"the SuperLink's Control API at {self.address} (connection '{connection}')"
-                    f" did not register {public_key}: {_reason(exc)}.",
-                    "check that the SuperLink is running and its CA is the connection's "
-                    "root-certificates.") from None
+        request = RegisterNodeRequest(public_key=public_key_to_bytes(key))
+        res = self._request(connection, f"register {public_key}", TrainingError,
+                            lambda client: client.RegisterNode(request))
         if not res.node_id:
             raise TrainingError(f"the SuperLink at {self.address} registered no node for "
                                 f"{public_key}.", "check the SuperLink log.")
