@@ -110,7 +110,8 @@ def job_hours(rtt_ms: np.ndarray, region_of: np.ndarray, nic_gbps: np.ndarray, c
     t = cm.traffic
     run_copies = t.downloads_per_run + t.uploads_per_run
     # The final evaluation's round trips scale with the copies it moves against a round's.
-    run_rtts = cm.rtts_per_round * run_copies / max(t.round_copies(), 1)
+    # Plus a secure run's key set-up of its first round, once.
+    run_rtts = cm.rtts_per_round * run_copies / max(t.round_copies(), 1) + t.extra_rtts_per_run
     final_s = (_exchange_seconds(run_copies, n, cm, nic_gbps)
                + run_rtts * rtt_ms.max(axis=0)[region_of] / 1000.0)
     return np.asarray(cm.setup_hours + (cm.rounds * round_s + final_s) / SECONDS_PER_HOUR)

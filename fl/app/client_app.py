@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from logging import WARNING
 from pathlib import Path
 from typing import cast
 
@@ -25,7 +26,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, 
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.common import Code, FitRes, Status, bytes_to_ndarray, ndarray_to_bytes
+from flwr.common import Code, FitRes, Status, bytes_to_ndarray, log, ndarray_to_bytes
 from flwr.common import ndarrays_to_parameters as to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import (
     RECORD_KEY_CONFIGS,
@@ -41,7 +42,7 @@ from fl.app.cache import load_split_cached
 from fl.app.data import Split
 from fl.app.errors import AppError
 from fl.app.privacy import add_noise, client_noise_std, clip_update
-from fl.app.protocol import COUNT_KEY, COUNT_RECORD, DP_SAMPLED
+from fl.app.protocol import AHEAD_RECORD, BOUND_KEY, COUNT_KEY, COUNT_RECORD, DP_SAMPLED
 from fl.app.runconfig import (
     NODE_CACHE_DIR,
     NODE_DATA_DIR,
@@ -51,29 +52,95 @@ from fl.app.runconfig import (
 )
 from fl.app.wire import State, from_record, to_record
 
+# Where a node keeps the next round's SecAgg+ state while this round's is still in use, and
+# this round's while the next round's stage runs in flwr's place.
+AHEAD_STATE, THIS_STATE = "fedcloud-secagg-ahead", "fedcloud-secagg-this"
+
 
 def secure_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Answer the SecAgg+ stages with flwr's ``secaggplus_mod``; pass any other message on.
 
     The setup reply also says how many training examples this participant has (they are in
     clear in every reply anyway), so the aggregator can set the weight bound before any update
-    is masked. The masked vector's elements are below the modulus (2**32): they travel as
-    uint32, half of flwr's int64.
+    is masked; the share-keys stage hands over that bound (:data:`BOUND_KEY`). The masked
+    vector's elements are below the modulus (2**32): they travel as uint32, half of flwr's
+    int64. The next round's setup and share-keys stages may ride on a collect and an unmask
+    message (:data:`AHEAD_RECORD`): they run on that round's own state, kept apart until this
+    round's unmask is answered.
     """
-    if (msg.metadata.message_type != MessageType.TRAIN
-            or RECORD_KEY_CONFIGS not in msg.content.config_records):
+    records = msg.content.config_records
+    if msg.metadata.message_type != MessageType.TRAIN or RECORD_KEY_CONFIGS not in records:
         return call_next(msg, context)
-    setup = msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE) == Stage.SETUP
+    ahead = records.pop(AHEAD_RECORD, None)
+    stage = records[RECORD_KEY_CONFIGS].get(Key.STAGE)
+    if stage == Stage.SETUP:  # a round set up on its own: a prepared next round is stale
+        context.state.config_records.pop(AHEAD_STATE, None)
+    reply = _secure_stage(msg, context, call_next)
+    answer = None if ahead is None else _ahead_stage(msg, context, ahead)
+    if answer is not None:
+        reply.content.config_records[AHEAD_RECORD] = answer
+    if stage == Stage.UNMASK:  # this round is done: the next one's shared keys take over
+        if answer is not None:
+            _move(context, AHEAD_STATE, RECORD_KEY_STATE)
+        context.state.config_records.pop(AHEAD_STATE, None)
+    return reply
+
+
+def _secure_stage(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    configs = msg.content.config_records[RECORD_KEY_CONFIGS]
+    setup = configs.get(Key.STAGE) == Stage.SETUP
+    bound = configs.pop(BOUND_KEY, None)
     reply = secaggplus_mod(msg, context, call_next)
     res = reply.content.config_records[RECORD_KEY_CONFIGS]
     if setup:  # the weight bound must hold before any masked vector exists
         reply.content.config_records[COUNT_RECORD] = ConfigRecord(
             {COUNT_KEY: train_count(context)})
+    if isinstance(bound, float):  # flwr's state keeps the bound the collect stage weighs with
+        state = context.state.config_records[RECORD_KEY_STATE]
+        if "max_weight" in state:
+            state["max_weight"] = bound
+            res[BOUND_KEY] = float(str(state["max_weight"]))
     if Key.MASKED_PARAMETERS in res:
         blobs = cast(list[bytes], res[Key.MASKED_PARAMETERS])
         res[Key.MASKED_PARAMETERS] = [
             ndarray_to_bytes(bytes_to_ndarray(b).astype(np.uint32)) for b in blobs]
     return reply
+
+
+def _ahead_stage(msg: Message, context: Context, configs: ConfigRecord) -> ConfigRecord | None:
+    """Run the next round's stage ``configs`` on its own state; ``None`` if it failed.
+
+    It failing never costs this round its reply: the next round then sets up on its own.
+    """
+    _move(context, RECORD_KEY_STATE, THIS_STATE)  # this round's state, until its unmask
+    if configs.get(Key.STAGE) == Stage.SETUP:
+        context.state.config_records.pop(AHEAD_STATE, None)
+    _move(context, AHEAD_STATE, RECORD_KEY_STATE)
+    content = msg.content
+    msg.content = RecordDict({RECORD_KEY_CONFIGS: configs})
+    try:
+        reply = _secure_stage(msg, context, _no_app)
+        _move(context, RECORD_KEY_STATE, AHEAD_STATE)
+        return reply.content.config_records[RECORD_KEY_CONFIGS]
+    except (ValueError, KeyError, TypeError) as exc:
+        log(WARNING, "the next round's secure %s stage failed (%s); it will set up on its own",
+            configs.get(Key.STAGE), exc)
+        return None
+    finally:
+        msg.content = content
+        _move(context, THIS_STATE, RECORD_KEY_STATE)
+
+
+def _move(context: Context, src: str, dst: str) -> None:
+    """Move the node state's ConfigRecord ``src`` to ``dst`` (dropping ``dst``'s)."""
+    # ``config_records`` is a view that does not see later changes: take a new one each time.
+    context.state.config_records.pop(dst, None)
+    if src in context.state.config_records:
+        context.state.config_records[dst] = context.state.config_records.pop(src)
+
+
+def _no_app(msg: Message, context: Context) -> Message:
+    raise ValueError("a stage riding ahead never trains")
 
 
 app = ClientApp(mods=[secure_mod])

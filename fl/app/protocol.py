@@ -49,8 +49,15 @@ EXCHANGES: tuple[Exchange, ...] = (
 )
 # A secure round (fl/app/secure.py) adds three small exchanges (setup, share keys, unmask:
 # keys and secret shares, kilobytes) around the same one; its upload is the masked vector, one
-# uint32 per model element whatever the wire dtype.
+# uint32 per model element whatever the wire dtype. Two of them (the next round's setup and
+# share keys) ride on a round's collect and unmask messages while the same participants go on,
+# so only a run's first round (and one whose participants changed) runs all three.
 SECURE_KEY_EXCHANGES = 3
+SECURE_AHEAD_EXCHANGES = 2
+# Records carrying the next round's SecAgg+ stage on this round's message (and its reply), and
+# the weight bound the share-keys stage sets (so a fitted bound needs no second setup).
+AHEAD_RECORD = "fedcloud-ahead"
+BOUND_KEY = "fedcloud-max-weight"
 # Attempts of one secure round: again after losing too many participants (once they rejoined,
 # or with whoever is connected), or with a larger weight bound.
 SECURE_ATTEMPTS = 3
@@ -71,10 +78,12 @@ class Traffic:
         uploads_per_round: Copies from each participant per round.
         downloads_per_run: Copies to each participant once per run (the final evaluation).
         uploads_per_run: Copies from each participant once per run.
-        phases_per_round: Message exchanges per round.
+        phases_per_round: Message exchanges per round (a secure run's later rounds).
         upload_ratio: Wire bytes of an uploaded copy / its float32 bytes (the masked vector's
             in a secure round).
         extra_rtts_per_round: Round trips the small exchanges add to a round.
+        extra_rtts_per_run: Round trips the small exchanges add once per run (a secure run's
+            first round sets up its keys on its own).
         secure: Rounds are secure aggregation rounds.
     """
 
@@ -87,6 +96,7 @@ class Traffic:
     phases_per_round: int
     upload_ratio: float = 1.0
     extra_rtts_per_round: int = 0
+    extra_rtts_per_run: int = 0
     secure: bool = False
 
     def copy_bytes(self, model_bytes: float) -> float:
@@ -110,7 +120,8 @@ class Traffic:
 def traffic(wire_dtype: str = DEFAULT_WIRE_DTYPE, secure: bool = False) -> Traffic:
     """Return the declared traffic of a run sending model arrays as ``wire_dtype``.
 
-    ``secure``: rounds are secure aggregation rounds (masked uploads, three key exchanges).
+    ``secure``: rounds are secure aggregation rounds (masked uploads, one key exchange on a
+    round's critical path, two more in the first round).
 
     Raises:
         ValueError: ``wire_dtype`` is not one of :data:`WIRE_DTYPES`.
@@ -120,6 +131,7 @@ def traffic(wire_dtype: str = DEFAULT_WIRE_DTYPE, secure: bool = False) -> Traff
     rounds = [e for e in EXCHANGES if e.per_round]
     once = [e for e in EXCHANGES if not e.per_round]
     wire_ratio = WIRE_DTYPES[wire_dtype] / TRAIN_ELEMENT_BYTES
+    steady = SECURE_KEY_EXCHANGES - SECURE_AHEAD_EXCHANGES
     return Traffic(
         wire_dtype=wire_dtype,
         wire_ratio=wire_ratio,
@@ -127,8 +139,9 @@ def traffic(wire_dtype: str = DEFAULT_WIRE_DTYPE, secure: bool = False) -> Traff
         uploads_per_round=sum(e.uploads for e in rounds),
         downloads_per_run=sum(e.downloads for e in once),
         uploads_per_run=sum(e.uploads for e in once),
-        phases_per_round=len(rounds) + (SECURE_KEY_EXCHANGES if secure else 0),
+        phases_per_round=len(rounds) + (steady if secure else 0),
         upload_ratio=MASKED_ELEMENT_BYTES / TRAIN_ELEMENT_BYTES if secure else wire_ratio,
-        extra_rtts_per_round=SECURE_KEY_EXCHANGES * SMALL_EXCHANGE_RTTS if secure else 0,
+        extra_rtts_per_round=steady * SMALL_EXCHANGE_RTTS if secure else 0,
+        extra_rtts_per_run=SECURE_AHEAD_EXCHANGES * SMALL_EXCHANGE_RTTS if secure else 0,
         secure=secure,
     )

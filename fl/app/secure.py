@@ -2,7 +2,8 @@
 
 The server side of Flower's SecAgg+ protocol: the four stages of ``SecAggPlusWorkflow`` (setup,
 share keys, collect masked vectors, unmask) with flwr's own crypto and quantisation functions,
-driven on the Grid's push/pull with the strategy's short poll and bounded waits. Participants
+driven on the Grid's push/pull with the strategy's short poll and bounded waits; the next
+round's setup and share keys ride on this round's collect and unmask messages. Participants
 answer with flwr's ``secaggplus_mod`` (wrapped in ``fl/app/client_app.py``). A participant lost
 after its masked vector is in still counts while ``threshold`` of its neighbours answer the
 unmask stage; fewer raise :class:`SecureRoundError`. Parameters: :func:`choose_params`. See
@@ -14,9 +15,9 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from logging import INFO
+from logging import INFO, WARNING
 from typing import Any, cast
 
 import numpy as np
@@ -37,7 +38,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
 from fl.app.exchange import exchange
-from fl.app.protocol import COUNT_KEY, COUNT_RECORD
+from fl.app.protocol import AHEAD_RECORD, BOUND_KEY, COUNT_KEY, COUNT_RECORD
 
 MODULUS_RANGE = 2**32  # masks and masked vectors live in [0, 2**32): 4 bytes per element
 DEFAULT_CLIPPING_RANGE = 8.0  # |weight x update element| beyond this is clipped (and counted)
@@ -131,8 +132,10 @@ class SecureResult:
         params: The round's parameters.
         contributed: Nodes whose masked vectors are in the sum.
         lost: Node -> the stage at which it was lost.
-        stage_s: Seconds per stage.
-        setups: Setup stages run (2 when the weight bound was fitted).
+        stage_s: Seconds per stage this round ran on its own (its critical path).
+        keys_ahead: Its setup and share-keys stages rode on the previous round's messages.
+        next_round: The next round, keys shared on this round's messages (``None``: it sets
+            up on its own).
     """
 
     replies: list[Message]
@@ -141,11 +144,20 @@ class SecureResult:
     contributed: list[int]
     lost: dict[int, str] = field(default_factory=dict)
     stage_s: dict[str, float] = field(default_factory=dict)
-    setups: int = 1
+    keys_ahead: bool = False
+    next_round: SecureRound | None = None
+
+
+# The next round for the nodes this round collects from, and the weight bound it starts with.
+PlanNext = Callable[[list[int], float], "SecureRound"]
 
 
 class SecureRound:
     """One SecAgg+ round over ``nodes`` (every stage bounded by ``timeout_s``).
+
+    Its setup and share-keys stages either run on their own or ride, for the same nodes, on
+    the previous round's collect and unmask messages (:data:`AHEAD_RECORD`), each node keeping
+    the two rounds' states apart (``fl/app/client_app.py``).
 
     Args:
         grid: The Grid.
@@ -164,7 +176,7 @@ class SecureRound:
                  fit_weight: bool = True, send: Exchange = exchange) -> None:
         self.grid, self.params, self.timeout_s = grid, params, timeout_s
         self.group_id, self.send, self.min_nodes = group_id, send, min_nodes
-        self.fit_weight, self.setups = fit_weight, 1
+        self.fit_weight = fit_weight
         self.sampled = sorted(nodes)
         self.active = set(self.sampled)
         self.lost: dict[int, str] = {}
@@ -176,27 +188,51 @@ class SecureRound:
                            for i, nid in enumerate(order)}
         self.public_keys: dict[int, tuple[bytes, bytes]] = {}
         self.keyed: set[int] = set()
+        self.fwd: dict[int, tuple[list[int], list[bytes]]] = {}
         self.active_after_collect: set[int] = set()
+        self.keys_ahead = False
 
-    def run(self, collect: RecordDict) -> SecureResult:
-        """Run the four stages; ``collect`` is the round's content (global model and config).
+    @property
+    def ready(self) -> bool:
+        """Its keys are shared: the collect stage can go."""
+        return bool(self.keyed)
+
+    def run(self, collect: RecordDict, plan_next: PlanNext | None = None) -> SecureResult:
+        """Run the stages; ``collect`` is the round's content (global model and config).
+
+        ``plan_next``: the next round, whose setup and share-keys stages then ride on this
+        round's collect and unmask messages; a next round that falls below its threshold on
+        the way is dropped (it sets up on its own), never this one.
 
         Raises:
             SecureRoundError: Fewer than the threshold of some participant's neighbours are
                 left after a stage.
         """
-        self._setup()
-        fwd = self._share_keys()
-        replies, summed = self._collect(collect, fwd)
-        mean = self._unmask(summed)
+        if not self.ready:
+            setup = self._stage(Stage.SETUP, self._setup_contents())
+            self._take_setup(_records(setup), {int(m.metadata.src_node_id): _count(m)
+                                               for m in setup})
+            self._take_share_keys(_records(self._stage(Stage.SHARE_KEYS,
+                                                       self._share_keys_contents())))
+        ahead = None if plan_next is None else plan_next(sorted(self.active),
+                                                         self.params.max_weight)
+        replies, summed, ahead = self._collect(collect, ahead)
+        mean, ahead = self._unmask(summed, ahead)
         return SecureResult(replies=replies, mean=mean, params=self.params,
                             contributed=sorted(self.active_after_collect),
                             lost=dict(self.lost), stage_s=dict(self.stage_s),
-                            setups=self.setups)
+                            keys_ahead=self.keys_ahead,
+                            next_round=ahead if ahead is not None and ahead.ready else None)
 
     # -- stages -----------------------------------------------------------------------------
 
-    def _stage(self, stage: str, contents: dict[int, RecordDict]) -> list[Message]:
+    def _stage(self, stage: str, contents: dict[int, RecordDict],
+               rides: Mapping[int, RecordDict] | None = None) -> list[Message]:
+        """Send ``stage``, the next round's stage riding on it (``rides``); the valid replies."""
+        for nid, ride in (rides or {}).items():
+            if nid in contents:
+                contents[nid].config_records[AHEAD_RECORD] = ride.config_records[
+                    RECORD_KEY_CONFIGS]
         started = time.monotonic()
         msgs = [Message(content=content, dst_node_id=nid, message_type=MessageType.TRAIN,
                         group_id=self.group_id) for nid, content in contents.items()]
@@ -205,14 +241,16 @@ class SecureRound:
         valid = [m for m in replies if not m.has_error()
                  and int(m.metadata.src_node_id) in contents
                  and RECORD_KEY_CONFIGS in m.content.config_records]
-        answered = {int(m.metadata.src_node_id) for m in valid}
-        log(INFO, "secure round %s %s: %d of %d participant(s) answered in %.1f s",
-            self.group_id, stage, len(answered), len(contents), self.stage_s[stage])
-        for nid in contents:
-            if nid not in answered:
-                self.lost.setdefault(nid, stage)
-        self.active &= answered
+        self._answered(stage, set(contents), {int(m.metadata.src_node_id) for m in valid},
+                       f" in {self.stage_s[stage]:.1f} s")
         return valid
+
+    def _answered(self, stage: str, asked: set[int], answered: set[int], note: str) -> None:
+        log(INFO, "secure round %s %s: %d of %d participant(s) answered%s", self.group_id,
+            stage, len(answered), len(asked), note)
+        for nid in asked - answered:
+            self.lost.setdefault(nid, stage)
+        self.active &= answered
 
     def _check(self, stage: str, need: set[int]) -> None:
         """Each node in ``need`` must keep ``threshold`` active neighbours (to be rebuilt).
@@ -232,69 +270,79 @@ class SecureRound:
                     f"{len(self.sampled)} participants left; node {nid} has {left} active "
                     f"neighbour(s), the threshold is {self.params.threshold}")
 
-    def _setup(self) -> None:
-        """Collect the public keys; set up once more if the weight bound does not fit.
+    def _setup_contents(self) -> dict[int, RecordDict]:
+        setup = ConfigRecord(cast(Any, self.params.setup_record()))
+        return {nid: RecordDict({RECORD_KEY_CONFIGS: setup}) for nid in sorted(self.active)}
 
-        With ``fit_weight`` the bound becomes the largest training count the replies state
-        when that is above the bound (the sum would overflow) or below half of it (coarser
-        quantisation than needed); no update is masked yet, so nothing is learnt twice.
+    def _take_setup(self, answers: Mapping[int, ConfigRecord],
+                    counts: Mapping[int, int]) -> None:
+        """Keep the public keys; fit the weight bound to the training counts.
+
+        With ``fit_weight`` the bound becomes the largest of the nodes' ``counts`` when that
+        is above the bound (the sum would overflow) or below half of it (coarser quantisation
+        than needed). The share-keys stage hands every node the bound before any update is
+        masked, so nothing is set up twice.
         """
-        replies = self._setup_stage()
-        counts = [_count(m) for m in replies]
-        largest = max(counts, default=0)
+        largest = max((counts.get(nid, 0) for nid in answers), default=0)
         bound = self.params.max_weight
         if self.fit_weight and largest > 0 and (largest > bound or largest < bound / 2):
             self.params = replace(self.params, max_weight=float(largest))
-            log(INFO, "secure round %s: weight bound %g -> %d training examples; setting up "
-                "again", self.group_id, bound, largest)
-            self.setups += 1
-            replies = self._setup_stage()
-        for msg in replies:
-            keys = msg.content.config_records[RECORD_KEY_CONFIGS]
-            self.public_keys[int(msg.metadata.src_node_id)] = (
-                cast(bytes, keys[Key.PUBLIC_KEY_1]), cast(bytes, keys[Key.PUBLIC_KEY_2]))
+            log(INFO, "secure round %s: weight bound %g -> %d training examples",
+                self.group_id, bound, largest)
+        for nid, keys in answers.items():
+            self.public_keys[nid] = (cast(bytes, keys[Key.PUBLIC_KEY_1]),
+                                     cast(bytes, keys[Key.PUBLIC_KEY_2]))
         self._check(Stage.SETUP, self.active)
 
-    def _setup_stage(self) -> list[Message]:
-        setup = ConfigRecord(cast(Any, self.params.setup_record()))
-        record = RecordDict({RECORD_KEY_CONFIGS: setup})
-        return self._stage(Stage.SETUP, dict.fromkeys(sorted(self.active), record))
-
-    def _share_keys(self) -> dict[int, tuple[list[int], list[bytes]]]:
+    def _share_keys_contents(self) -> dict[int, RecordDict]:
         contents = {}
         for nid in sorted(self.active):
             known = self.neighbours[nid] & self.active
-            values: dict[str, list[bytes] | str] = {
+            values: dict[str, list[bytes] | str | float] = {
                 str(n): list(self.public_keys[n]) for n in sorted(known)}
             values[Key.STAGE] = Stage.SHARE_KEYS
+            values[BOUND_KEY] = float(self.params.max_weight)
             contents[nid] = RecordDict({RECORD_KEY_CONFIGS: ConfigRecord(cast(Any, values))})
-        replies = self._stage(Stage.SHARE_KEYS, contents)
-        fwd: dict[int, tuple[list[int], list[bytes]]] = {n: ([], []) for n in self.active}
-        for msg in replies:
-            src = int(msg.metadata.src_node_id)
-            res = msg.content.config_records[RECORD_KEY_CONFIGS]
+        return contents
+
+    def _take_share_keys(self, answers: Mapping[int, ConfigRecord]) -> None:
+        """Route the encrypted shares to their destinations; every node took the bound.
+
+        Raises:
+            RuntimeError: A node's ClientApp did not take the weight bound (another version).
+        """
+        self.fwd = {n: ([], []) for n in self.active}
+        for src, res in answers.items():
+            if res.get(BOUND_KEY) != float(self.params.max_weight):
+                raise RuntimeError(
+                    f"secure round {self.group_id}: node {src} did not take the weight bound "
+                    f"{self.params.max_weight:g}; run the same fedcloud app on every "
+                    "participant")
             for dst, text in zip(_ints(res[Key.DESTINATION_LIST]),
                                  _blobs(res[Key.CIPHERTEXT_LIST]), strict=True):
-                if dst in fwd:
-                    fwd[dst][0].append(src)
-                    fwd[dst][1].append(text)
+                if dst in self.fwd:
+                    self.fwd[dst][0].append(src)
+                    self.fwd[dst][1].append(text)
         self.keyed = set(self.active)  # in each other's masks from here on
         self._check(Stage.SHARE_KEYS, self.active)
-        return fwd
 
-    def _collect(self, collect: RecordDict,
-                 fwd: dict[int, tuple[list[int], list[bytes]]]) -> tuple[list[Message],
-                                                                         list[np.ndarray]]:
+    def _collect(self, collect: RecordDict, ahead: SecureRound | None,
+                 ) -> tuple[list[Message], list[np.ndarray], SecureRound | None]:
         contents = {}
         for nid in sorted(self.active):
-            srcs, texts = fwd[nid]
+            srcs, texts = self.fwd[nid]
             content = RecordDict({**collect.array_records, **collect.config_records,
                                   **collect.metric_records})
             content.config_records[RECORD_KEY_CONFIGS] = ConfigRecord({
                 Key.STAGE: Stage.COLLECT_MASKED_VECTORS, Key.CIPHERTEXT_LIST: texts,
                 Key.SOURCE_LIST: srcs})
             contents[nid] = content
-        replies = self._stage(Stage.COLLECT_MASKED_VECTORS, contents)
+        rides = {} if ahead is None else ahead._setup_contents()
+        replies = self._stage(Stage.COLLECT_MASKED_VECTORS, contents, rides)
+        counts = {int(m.metadata.src_node_id): int(_number(
+            m.content.metric_records["metrics"].get("num-examples", 0))) for m in replies}
+        ahead = _feed(ahead, Stage.SETUP, set(rides), replies,
+                      lambda a, answers: a._take_setup(answers, counts))
         summed: list[np.ndarray] | None = None
         for msg in replies:
             res = msg.content.config_records[RECORD_KEY_CONFIGS]
@@ -304,9 +352,10 @@ class SecureRound:
         self.active_after_collect = set(self.active)
         self._check(Stage.COLLECT_MASKED_VECTORS, self.keyed)
         assert summed is not None  # _check passed: at least `threshold` >= 2 replies
-        return replies, parameters_mod(summed, self.params.modulus_range)
+        return replies, parameters_mod(summed, self.params.modulus_range), ahead
 
-    def _unmask(self, summed: list[np.ndarray]) -> list[np.ndarray]:
+    def _unmask(self, summed: list[np.ndarray], ahead: SecureRound | None,
+                ) -> tuple[list[np.ndarray], SecureRound | None]:
         active, dead = self.active_after_collect, self.keyed - self.active_after_collect
         contents = {}
         for nid in sorted(active):
@@ -314,7 +363,12 @@ class SecureRound:
             contents[nid] = RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({
                 Key.STAGE: Stage.UNMASK, Key.ACTIVE_NODE_ID_LIST: sorted(near & active),
                 Key.DEAD_NODE_ID_LIST: sorted(near & dead)})})
-        replies = self._stage(Stage.UNMASK, contents)
+        rides = {} if ahead is None else ahead._share_keys_contents()
+        replies = self._stage(Stage.UNMASK, contents, rides)
+        ahead = _feed(ahead, Stage.SHARE_KEYS, set(rides), replies,
+                      lambda a, answers: a._take_share_keys(answers))
+        if ahead is not None:
+            ahead.keys_ahead = True
         shares: dict[int, list[bytes]] = {n: [] for n in self.keyed}
         for msg in replies:
             res = msg.content.config_records[RECORD_KEY_CONFIGS]
@@ -322,7 +376,7 @@ class SecureRound:
                                     strict=True):
                 if owner in shares:
                     shares[owner].append(share)
-        return self._reconstruct(summed, shares, active)
+        return self._reconstruct(summed, shares, active), ahead
 
     def _reconstruct(self, summed: list[np.ndarray], shares: dict[int, list[bytes]],
                      active: set[int]) -> list[np.ndarray]:
@@ -352,6 +406,35 @@ class SecureRound:
         offset = -(len(active) - 1) * p.clipping_range
         scale = p.quantization_range / total_weight
         return [((arr + offset) * scale).astype(np.float32) for arr in plain]
+
+
+def _records(replies: list[Message], key: str = RECORD_KEY_CONFIGS) -> dict[int, ConfigRecord]:
+    """Sender -> the SecAgg+ stage record ``key`` of each reply that carries one."""
+    return {int(m.metadata.src_node_id): m.content.config_records[key] for m in replies
+            if key in m.content.config_records}
+
+
+def _feed(ahead: SecureRound | None, stage: str, asked: set[int], replies: list[Message],
+          take: Callable[[SecureRound, dict[int, ConfigRecord]], None]) -> SecureRound | None:
+    """Hand the next round the answers to its ``stage`` that rode on ``replies``.
+
+    Returns the next round, or ``None`` when it fell below its threshold (it then sets up on
+    its own; this round is not affected).
+    """
+    if ahead is None:
+        return None
+    answers = {n: r for n, r in _records(replies, AHEAD_RECORD).items() if n in asked}
+    ahead._answered(stage, asked, set(answers), ", on the previous round's messages")
+    try:
+        take(ahead, answers)
+    except SecureRoundError as exc:
+        log(WARNING, "%s; round %s will set up its keys on its own", exc, ahead.group_id)
+        return None
+    return ahead
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 def _ints(value: object) -> list[int]:

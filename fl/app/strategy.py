@@ -27,12 +27,13 @@ from flwr.serverapp import Grid
 
 from fl.app import privacy, task
 from fl.app.exchange import exchange, online_nodes
-from fl.app.protocol import DP_SAMPLED, SECURE_ATTEMPTS, SECURE_KEY_EXCHANGES
+from fl.app.protocol import DP_SAMPLED, SECURE_ATTEMPTS
 from fl.app.records import CONTRIBUTORS, METRICS, MISSING, RoundRecord, RoundStore
 from fl.app.runconfig import ROUND_MARK, RunConfig
 from fl.app.secure import (
     DEFAULT_CLIPPING_RANGE,
     DEFAULT_MAX_WEIGHT,
+    SecureParams,
     SecureRound,
     SecureRoundError,
     choose_params,
@@ -85,6 +86,7 @@ class BoundedFedAvg:
         self.dp_steps: list[tuple[float, float]] = []
         self.max_weight = 1.0 if cfg.dp_placement != "off" else DEFAULT_MAX_WEIGHT
         self.secure_info: dict[str, Any] = {}
+        self.next_secure: SecureRound | None = None  # keys shared on the last round's messages
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -166,11 +168,15 @@ class BoundedFedAvg:
         for attempt in range(1, SECURE_ATTEMPTS + 1):
             nodes = self.select_nodes(grid, TRAIN, server_round)
             params = choose_params(len(nodes), self.max_weight, self._clipping_range(len(nodes)))
-            round_ = SecureRound(grid, nodes, params, self.cfg.phase_timeout_s,
-                                 str(server_round), self.cfg.min_nodes,
-                                 fit_weight=self.cfg.dp_placement == "off")
+            round_ = self._prepared(server_round, nodes, params) or self._secure_round(
+                grid, server_round, nodes, params)
+            plan_next = None
+            if server_round < self.cfg.rounds and self.cfg.fraction_train >= 1.0:
+                def plan_next(ahead: list[int], bound: float) -> SecureRound:
+                    p = choose_params(len(ahead), bound, self._clipping_range(len(ahead)))
+                    return self._secure_round(grid, server_round + 1, ahead, p)
             try:
-                result = round_.run(self._content(server_round, state, len(nodes)))
+                result = round_.run(self._content(server_round, state, len(nodes)), plan_next)
                 break
             except SecureRoundError as exc:
                 self._mark_lost(round_.lost)
@@ -180,6 +186,7 @@ class BoundedFedAvg:
                     "to rejoin)", exc, self.cfg.node_wait_s)
                 lost = sorted(round_.lost)
                 self._rejoined(TRAIN, server_round, lost, len(lost))
+        self.next_secure = result.next_round
         weights = [self._weight(m) for m in result.replies]
         if max(weights) > result.params.max_weight:
             raise RuntimeError(f"round {server_round}: a participant's update was weighted by "
@@ -192,11 +199,35 @@ class BoundedFedAvg:
             log(WARNING, "round %d: %d weighted update element(s) exceeded the secure clipping "
                 "range %g and were clipped", server_round, clipped, params.clipping_range)
         self.secure_info = {**result.params.as_record(), "secagg_clipped_elements": int(clipped),
-                            "secagg_stage_s": result.stage_s, "secagg_setups": result.setups,
+                            "secagg_stage_s": result.stage_s,
+                            "secagg_keys": "ahead" if result.keys_ahead else "own stages",
+                            "secure_exchanges": len(result.stage_s),
                             "secagg_lost": {str(n): s for n, s in sorted(result.lost.items())}}
         replies = self._account(TRAIN, server_round, result.replies, top_up=False)
         self._mark_lost(result.lost)  # lost after its masked vector: in the sum, not sampled next
         return replies, result.mean
+
+    def _secure_round(self, grid: Grid, server_round: int, nodes: list[int],
+                      params: SecureParams) -> SecureRound:
+        return SecureRound(grid, nodes, params, self.cfg.phase_timeout_s, str(server_round),
+                           self.cfg.min_nodes, fit_weight=self.cfg.dp_placement == "off")
+
+    def _prepared(self, server_round: int, nodes: list[int],
+                  params: SecureParams) -> SecureRound | None:
+        """The round whose keys were shared on the previous round's messages, if it fits.
+
+        It fits when its keyed nodes are exactly the sampled ones and its clipping range is
+        the one this sample needs; otherwise the round sets up on its own.
+        """
+        prepared, self.next_secure = self.next_secure, None
+        if prepared is None:
+            return None
+        if (prepared.group_id == str(server_round) and prepared.keyed == set(nodes)
+                and prepared.params.clipping_range == params.clipping_range):
+            return prepared
+        log(INFO, "secure round %d: the keys shared ahead were for node(s) %s, the round "
+            "samples %s; setting up on its own", server_round, sorted(prepared.keyed), nodes)
+        return None
 
     def _rejoined(self, phase: str, server_round: int, missing: list[int],
                   need: int) -> list[int]:
@@ -378,7 +409,7 @@ class BoundedFedAvg:
             "max_client_process_s": max((s["process_s"] for s in values), default=0.0),
             "dropped_nodes": sorted(self.dropped),
             "train_phase_s": self.phase_s.get(TRAIN, 0.0),
-            "phases": 1 if mean is None else 1 + SECURE_KEY_EXCHANGES,
+            "phases": 1 if mean is None else int(self.secure_info["secure_exchanges"]),
             # Who contributed: the participants whose updates were aggregated.
             CONTRIBUTORS: self._who(self.replied.get(TRAIN, [])),
             MISSING: self._who(self.missed.get(TRAIN, [])),

@@ -176,9 +176,9 @@ def test_killed_supernode_run_completes_with_the_others(fed: LocalFederation) ->
 
     def kill_after_its_masked_vector() -> None:
         deadline = time.monotonic() + 120
-        # Its fourth reply of the run is its masked vector (setup twice: the first round fits
-        # the weight bound; share keys; collect); the others still sleep.
-        while victim.log_text().count(REPLY_SENT) < sent + 4:
+        # Its third reply of the run is its masked vector (setup, share keys, collect); the
+        # others still sleep.
+        while victim.log_text().count(REPLY_SENT) < sent + 3:
             if time.monotonic() > deadline:
                 return
             time.sleep(0.05)

@@ -19,7 +19,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedcloud.local.synth import generate
 from fl.app import privacy, task
-from fl.app.protocol import traffic
+from fl.app.protocol import AHEAD_RECORD, traffic
 from fl.app.records import RoundRecord
 from fl.app.runconfig import RunConfig
 from fl.app.secure import choose_params
@@ -133,12 +133,88 @@ def test_secure_aggregate_matches_plain_fedavg_and_reveals_no_update(
     for size in masked_bytes:  # plus one .npy header per array and the weight's
         assert body < size <= body + 160 * (len(initial) + 1)
     record = store.rounds[0]
-    assert record.extra["phases"] == declared.phases_per_round == 4
+    # A run's first round sets up on its own: four exchanges; later rounds two (declared).
+    assert record.extra["phases"] == 4 and declared.phases_per_round == 2
+    assert record.extra["secagg_keys"] == "own stages"
     assert record.extra["protection"] == "secagg+"
     assert record.extra["secagg_threshold"] == 2 and record.extra["secagg_lost"] == {}
-    # The first setup stated 10,000 examples as the bound; the replies said 12: set up again
-    # with 12 (before any update was masked) for the finest quantisation.
-    assert (record.extra["secagg_setups"], record.extra["secagg_max_weight"]) == (2, 12.0)
+    # The setup stated 10,000 examples as the bound; the replies said 12: the share-keys stage
+    # set 12 (before any update was masked) for the finest quantisation, with one setup.
+    assert record.extra["secagg_max_weight"] == 12.0
+    assert [_stage_of(m) for m in grid.sent].count(Stage.SETUP) == 3
+
+
+def _stage_of(msg: Any) -> str | None:
+    configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+    return None if configs is None else str(configs.get(Key.STAGE))
+
+
+def _per_round_plain(cfg: RunConfig, data: list[Path], tmp: Path,
+                     rounds: int) -> list[dict[str, np.ndarray]]:
+    """Plain FedAvg's global model after each round 1..``rounds`` (same seed, same data)."""
+    out = []
+    for r in range(1, rounds + 1):
+        out.append(_run(replace(cfg, secure_aggregation=False, rounds=r), data, tmp)[3])
+    return out
+
+
+def test_later_rounds_share_their_keys_on_the_previous_rounds_messages(
+        data: list[Path], tmp_path: Path) -> None:
+    cfg = _cfg(rounds=3)
+    plain = _per_round_plain(cfg, data, tmp_path, 3)
+    grid, store, _, secure = _run(cfg, data, tmp_path)
+    scale = max(float(np.abs(v).max()) for v in plain[-1].values())
+    assert max(float(np.abs(secure[k] - plain[-1][k]).max()) for k in secure) <= 1e-4 * scale
+    assert [r.extra["phases"] for r in store.rounds] == [4, 2, 2]
+    assert [r.extra["secagg_keys"] for r in store.rounds] == ["own stages", "ahead", "ahead"]
+    assert [sorted(r.extra["secagg_stage_s"]) for r in store.rounds][1:] == [
+        [Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK]] * 2
+    assert all(r.extra["secagg_max_weight"] == 12.0 for r in store.rounds)
+    # Setup and share keys went on their own only once per node; the next rounds' rode on the
+    # collect and unmask messages, none on the last round's.
+    stages = [_stage_of(m) for m in grid.sent]
+    assert (stages.count(Stage.SETUP), stages.count(Stage.SHARE_KEYS)) == (3, 3)
+    rides = [(str(m.metadata.group_id), _stage_of(m)) for m in grid.sent
+             if AHEAD_RECORD in m.content.config_records]
+    assert sorted(set(rides)) == [("1", Stage.COLLECT_MASKED_VECTORS), ("1", Stage.UNMASK),
+                                  ("2", Stage.COLLECT_MASKED_VECTORS), ("2", Stage.UNMASK)]
+    assert len(rides) == 12
+    for msg in grid.received:
+        assert all(len(rec) == 0 for rec in msg.content.array_records.values())
+
+
+def test_a_participant_lost_while_sharing_the_next_rounds_keys_is_left_out_of_it(
+        data: list[Path], tmp_path: Path) -> None:
+    # Node 3 sends round 1's masked vector (and round 2's public keys), then is lost: round 1
+    # still sums all three; round 2 goes on with the keys the other two shared.
+    cfg = _cfg(rounds=2)
+    plain = _run(replace(cfg, secure_aggregation=False), data[:2], tmp_path)[3]
+    plain_first = _run(replace(cfg, secure_aggregation=False, rounds=1), data, tmp_path)[3]
+    _, store, _, secure = _run(cfg, data, tmp_path, die_after={3: Stage.COLLECT_MASKED_VECTORS})
+    first, second = store.rounds
+    assert first.extra["secagg_lost"] == {"3": Stage.UNMASK}
+    assert first.extra["contributors"] == ["p1", "p2", "p3"]
+    assert (second.extra["secagg_keys"], second.extra["phases"]) == ("ahead", 2)
+    assert second.extra["contributors"] == ["p1", "p2"]
+    assert plain_first is not None and plain is not None
+    assert all(np.isfinite(v).all() for v in secure.values())
+
+
+def test_a_next_round_whose_keys_failed_ahead_sets_up_on_its_own(
+        data: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fl.app import client_app
+
+    def broken(msg: Any, context: Any, configs: Any) -> None:
+        return None  # a ClientApp that answers no stage riding ahead
+
+    monkeypatch.setattr(client_app, "_ahead_stage", broken)
+    cfg = _cfg(rounds=2)
+    plain = _run(replace(cfg, secure_aggregation=False), data, tmp_path)[3]
+    _, store, _, secure = _run(cfg, data, tmp_path)
+    assert [r.extra["phases"] for r in store.rounds] == [4, 4]
+    assert [r.extra["secagg_keys"] for r in store.rounds] == ["own stages"] * 2
+    scale = max(float(np.abs(v).max()) for v in plain.values())
+    assert max(float(np.abs(secure[k] - plain[k]).max()) for k in plain) <= 1e-4 * scale
 
 
 def test_a_participant_lost_after_its_masked_vector_does_not_fail_the_round(
@@ -175,12 +251,12 @@ def test_differential_privacy_is_recorded_with_its_budget(
     assert all(r.extra["protection"] == f"secagg+ dp({placement})" for r in store.rounds)
 
 
-# Lost after the first setup stage (so during the second, which fits the weight bound): the
+# Lost after the setup stage (so during share keys, which also sets the weight bound): the
 # others never mask with it. Lost after the share-keys stage: they masked with it, so the
 # aggregator rebuilds its key from their shares and removes those pairwise masks. Either way
 # the sum is the other two's.
 @pytest.mark.parametrize(("died_after", "lost_at"), [
-    (Stage.SETUP, Stage.SETUP), (Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS)])
+    (Stage.SETUP, Stage.SHARE_KEYS), (Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS)])
 def test_a_participant_lost_before_its_masked_vector_is_left_out_of_the_sum(
         died_after: str, lost_at: str, data: list[Path], tmp_path: Path) -> None:
     _, _, _, plain = _run(_cfg(secure_aggregation=False), data[:2], tmp_path)
