@@ -9,7 +9,7 @@ through the test suite's ``InProcessGrid`` (no processes, no network: the same n
 ``--perturbation`` (default 5e-4, float16's rounding), the control that says how much any
 perturbation of that size moves this run. Prints one JSON object.
 
-Usage: ``.venv/bin/python benchmarks/wire_accuracy.py [--seeds 1 2 3]``.
+Usage: ``.venv/bin/python benchmarks/wire_accuracy.py [--seeds 1 2 3] [--learning-rate 0.05]``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import numpy as np
 from fedcloud.core.flower import quiet_flower_here
 
 PARTICIPANTS = ("hospital-us", "hospital-kr", "hospital-it")
+LEARNING_RATE = 0.01  # stacks/Pulumi.local.yaml
 RUNS = (("float32", "float32", False), ("float16", "float16", False),
         ("float32_perturbed", "float32", True))
 
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--perturbation", type=float, default=5e-4)
+    parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE)
     args = parser.parse_args(argv)
     quiet_flower_here()
     from flwr.supercore.task_identity import TaskIdentity
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, Any] = {"seed": seed}
         for label, wire, perturbed in RUNS:
             cfg = RunConfig(model="covid_cnn", width=8, image_size=64, num_classes=3, rounds=3,
-                            local_epochs=1, batch_size=16, learning_rate=0.05,
+                            local_epochs=1, batch_size=16, learning_rate=args.learning_rate,
                             fraction_train=1.0, min_nodes=3, phase_timeout_s=60, node_wait_s=0,
                             seed=seed, wire_dtype=wire)
             store = _Store()
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     ctl = [r["perturbed_minus_float32_points"] for r in rows]
     print(json.dumps({
         "workload": "demo (stacks/Pulumi.local.yaml), in process, secure aggregation",
-        "test_images": 3 * 48, "perturbation": args.perturbation, "runs": rows,
+        "test_images": 3 * 48, "perturbation": args.perturbation,
+        "learning_rate": args.learning_rate, "runs": rows,
         "float16_minus_float32_points": {"each": f16, "mean": round(statistics.mean(f16), 1)},
         "perturbed_minus_float32_points": {"each": ctl, "mean": round(statistics.mean(ctl), 1)},
         "float16_within_1_point": all(abs(x) <= 1.0 for x in f16),

@@ -4,7 +4,8 @@ Flower starts one ``flwr-clientapp`` process per message, so an in-memory cache 
 past a round. The decoded uint8 split is saved once per (model, data files, split, image size)
 under ``<cache-dir>/`` (node config ``cache-dir``, else ``$XDG_CACHE_HOME/fedcloud/data`` or
 ``~/.cache/fedcloud/data``), mode 0600, and found again by a key over the source files' names,
-sizes and modification times: a changed file is a new key. The cache never leaves the VM.
+sizes and modification times: a changed file is a new key. Also each node's copy of the last
+global model a float16 run sent it (``<cache-dir>/../models/``). The cache never leaves the VM.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ import numpy as np
 from fl.app.data import Split, load_raw, scaled, source_files
 
 CACHE_ENV = "XDG_CACHE_HOME"
+HELD_STALE_S = 6 * 3600.0  # a held model copy no round has touched for this long is dropped
 FORMAT = 1
 
 
@@ -42,11 +45,15 @@ def cache_key(model: str, data_dir: Path, split: str, image_size: int) -> str:
 
 
 def _save(path: Path, raw: Split) -> None:
+    _save_arrays(path, {"x": raw.x, "y": raw.y})
+
+
+def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-", suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, x=raw.x, y=raw.y)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -76,3 +83,38 @@ def load_split_cached(model: str, data_dir: Path, split: str, image_size: int,
         with contextlib.suppress(OSError):
             _save(path, raw)
     return scaled(raw)
+
+
+def held_path(root: Path | None, run_id: int, node_id: int) -> Path:
+    """Where a node keeps its copy of a run's last global model (``fl.app.wire.Copies``)."""
+    return (root or default_root()).parent / "models" / f"run-{run_id}-node-{node_id}.npz"
+
+
+def save_held(path: Path, state: dict[str, np.ndarray], digest: str) -> None:
+    """Keep ``state`` (atomically, mode 0600) and drop copies no longer needed.
+
+    Dropped: this node's copies of other runs, and any copy unused for :data:`HELD_STALE_S`
+    (node ids change with each registration). On disk rather than in the node's Flower run
+    state, which travels between the SuperNode and the ClientApp process with every message.
+    """
+    node = path.name.rsplit("-node-", 1)[-1]
+    stale = time.time() - HELD_STALE_S
+    if path.parent.is_dir():
+        for old in path.parent.glob("run-*-node-*.npz"):
+            with contextlib.suppress(OSError):  # this node's older runs, or anyone's idle ones
+                if old != path and (old.name.endswith(f"-node-{node}")
+                                    or old.stat().st_mtime < stale):
+                    old.unlink()
+    _save_arrays(path, {**{f"a:{k}": v for k, v in state.items()},
+                        "digest": np.array(digest)})
+
+
+def load_held(path: Path, digest: str) -> dict[str, np.ndarray] | None:
+    """The copy kept at ``path`` if it is the model ``digest`` names, else ``None``."""
+    try:
+        with np.load(path, allow_pickle=False) as doc:
+            if str(doc["digest"]) != digest:
+                return None
+            return {k[2:]: np.array(doc[k]) for k in doc.files if k.startswith("a:")}
+    except (OSError, ValueError, KeyError):
+        return None

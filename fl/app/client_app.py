@@ -38,7 +38,7 @@ from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 from torch import nn
 
 from fl.app import task
-from fl.app.cache import load_split_cached
+from fl.app.cache import held_path, load_held, load_split_cached, save_held
 from fl.app.data import Split
 from fl.app.errors import AppError
 from fl.app.privacy import add_noise, client_noise_std, clip_update
@@ -50,7 +50,7 @@ from fl.app.runconfig import (
     NODE_TORCH_THREADS,
     RunConfig,
 )
-from fl.app.wire import State, from_record, to_record
+from fl.app.wire import BASE_KEY, MODEL_KEY, State, add_step, digest, from_record, to_record
 
 # Where a node keeps the next round's SecAgg+ state while this round's is still in use, and
 # this round's while the next round's stage runs in flwr's place.
@@ -157,15 +157,48 @@ def train_count(context: Context) -> int:
     return count
 
 
-def _setup(msg: Message, context: Context) -> tuple[RunConfig, nn.Module]:
+def _setup(msg: Message, context: Context) -> tuple[RunConfig, nn.Module, State]:
+    """The run config, the model built and loaded with the received global one, and that one."""
     cfg = RunConfig.from_flower(context.run_config)
     threads = int(str(context.node_config.get(NODE_TORCH_THREADS, 0)))
     if threads > 0:  # several SuperNodes sharing a host must not oversubscribe its cores
         torch.set_num_threads(threads)
     model = task.build_model(cfg.model_spec())
-    state = from_record(msg.content.array_records["arrays"])
+    state = received_model(msg, context)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-    return cfg, model
+    return cfg, model, state
+
+
+def received_model(msg: Message, context: Context) -> State:
+    """The global model a message carries: whole, or as the step from the one this node holds.
+
+    A message naming its model's digest (a float16 run, ``fl.app.wire.Copies``) is kept on
+    the node (``fl.app.cache.save_held``) for the next step.
+
+    Raises:
+        AppError: The step is from a model this node does not hold, or the result is not the
+            model the ServerApp sent.
+    """
+    arrays = from_record(msg.content.array_records["arrays"])
+    config = msg.content.config_records["config"]
+    want, base = str(config.get(MODEL_KEY, "")), str(config.get(BASE_KEY, ""))
+    if not want:
+        return arrays
+    cache = str(context.node_config.get(NODE_CACHE_DIR, "") or "")
+    path = held_path(Path(cache) if cache else None, context.run_id, context.node_id)
+    if base:
+        held = load_held(path, base)
+        if held is None:
+            raise AppError("this participant holds no copy of the model the ServerApp's step "
+                           "starts from (its copy was removed during the run?).",
+                           "the ServerApp sends the whole model next time; nothing to do.")
+        arrays = add_step(held, arrays)
+    if digest(arrays) != want:
+        raise AppError("the global model rebuilt on this participant differs from the "
+                       "ServerApp's (its digest does not match).",
+                       "run the same fedcloud app on the ServerApp and every participant.")
+    save_held(path, arrays, want)
+    return arrays
 
 
 def _data(cfg: RunConfig, context: Context, split: str) -> Split:
@@ -216,7 +249,7 @@ def _evaluation(cfg: RunConfig, model: nn.Module,
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the test split, then train it on the train split."""
-    cfg, model = _setup(msg, context)
+    cfg, model, received = _setup(msg, context)
     if cfg.secure_aggregation and RECORD_KEY_CONFIGS not in msg.content.config_records:
         # Never answer a plain request of a secure run: the update would leave in clear.
         raise AppError("a train message without the secure aggregation stages reached a run "
@@ -246,7 +279,6 @@ def train(msg: Message, context: Context) -> Message:
         "process-s": process_age_s(),
     })
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    received = from_record(msg.content.array_records["arrays"])
     if not all(np.isfinite(v).all() for v in state.values()):
         raise AppError(
             f"training on participant {context.node_config.get(NODE_PARTICIPANT, '?')} "
@@ -302,7 +334,7 @@ def _secure_reply(cfg: RunConfig, msg: Message, context: Context, delta: State,
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the local test split (the run's last model)."""
-    cfg, model = _setup(msg, context)
+    cfg, model, _ = _setup(msg, context)
     metrics = MetricRecord({**_evaluation(cfg, model, _data(cfg, context, "test")),
                             "process-s": process_age_s()})
     content = RecordDict({"metrics": metrics, "client": _client_record(context)})

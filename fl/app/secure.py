@@ -197,8 +197,9 @@ class SecureRound:
         """Its keys are shared: the collect stage can go."""
         return bool(self.keyed)
 
-    def run(self, collect: RecordDict, plan_next: PlanNext | None = None) -> SecureResult:
-        """Run the stages; ``collect`` is the round's content (global model and config).
+    def run(self, collect: Callable[[int], RecordDict],
+            plan_next: PlanNext | None = None) -> SecureResult:
+        """Run the stages; ``collect(node)`` is the round's content (global model, config).
 
         ``plan_next``: the next round, whose setup and share-keys stages then ride on this
         round's collect and unmask messages; a next round that falls below its threshold on
@@ -326,13 +327,14 @@ class SecureRound:
         self.keyed = set(self.active)  # in each other's masks from here on
         self._check(Stage.SHARE_KEYS, self.active)
 
-    def _collect(self, collect: RecordDict, ahead: SecureRound | None,
+    def _collect(self, collect: Callable[[int], RecordDict], ahead: SecureRound | None,
                  ) -> tuple[list[Message], list[np.ndarray], SecureRound | None]:
         contents = {}
         for nid in sorted(self.active):
             srcs, texts = self.fwd[nid]
-            content = RecordDict({**collect.array_records, **collect.config_records,
-                                  **collect.metric_records})
+            base = collect(nid)
+            content = RecordDict({**base.array_records, **base.config_records,
+                                  **base.metric_records})
             content.config_records[RECORD_KEY_CONFIGS] = ConfigRecord({
                 Key.STAGE: Stage.COLLECT_MASKED_VECTORS, Key.CIPHERTEXT_LIST: texts,
                 Key.SOURCE_LIST: srcs})
@@ -406,6 +408,23 @@ class SecureRound:
         offset = -(len(active) - 1) * p.clipping_range
         scale = p.quantization_range / total_weight
         return [((arr + offset) * scale).astype(np.float32) for arr in plain]
+
+
+def fitting(prepared: SecureRound | None, group_id: str, nodes: Sequence[int],
+            params: SecureParams) -> SecureRound | None:
+    """``prepared`` (keys shared on the previous round's messages) if round ``group_id`` can use it.
+
+    It can when its keyed nodes are exactly the sampled ``nodes`` and its clipping range is
+    the one ``params`` need; otherwise the round sets up on its own (``None``).
+    """
+    if prepared is None:
+        return None
+    if (prepared.group_id == group_id and prepared.keyed == set(nodes)
+            and prepared.params.clipping_range == params.clipping_range):
+        return prepared
+    log(INFO, "secure round %s: the keys shared ahead were for node(s) %s, the round samples "
+        "%s; setting up on its own", group_id, sorted(prepared.keyed), sorted(nodes))
+    return None
 
 
 def _records(replies: list[Message], key: str = RECORD_KEY_CONFIGS) -> dict[int, ConfigRecord]:

@@ -17,11 +17,12 @@ import random
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
@@ -37,8 +38,9 @@ from fl.app.secure import (
     SecureRound,
     SecureRoundError,
     choose_params,
+    fitting,
 )
-from fl.app.wire import State, from_record, to_record, weighted_mean
+from fl.app.wire import Copies, State, add_step, from_record, on_grid, weighted_mean
 
 NODE_POLL_S = 1.0
 TRAIN, FINAL = "train", "evaluate"
@@ -56,6 +58,7 @@ class Aggregated:
     state: State
     train_stats: dict[int, dict[str, Any]]
     extra: dict[str, Any] = field(default_factory=dict)
+    step: State | None = None  # state minus the model it was aggregated from (on the grid)
 
 
 class BoundedFedAvg:
@@ -87,6 +90,7 @@ class BoundedFedAvg:
         self.max_weight = 1.0 if cfg.dp_placement != "off" else DEFAULT_MAX_WEIGHT
         self.secure_info: dict[str, Any] = {}
         self.next_secure: SecureRound | None = None  # keys shared on the last round's messages
+        self.copies = Copies(cfg.wire_dtype)
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -101,7 +105,9 @@ class BoundedFedAvg:
             NodesLostError: A phase had fewer than ``min-nodes`` valid replies.
         """
         self.grid = grid
-        state = initial
+        # A fresh run starts on float16's grid (one start for both wire dtypes, sent exactly).
+        state = on_grid(initial, "float16") if first_round == 1 else initial
+        self.copies.send(state, exact=first_round == 1)
         waiting: Aggregated | None = None
         if first_round > self.cfg.rounds:
             log(INFO, "all %d rounds are committed already", self.cfg.rounds)
@@ -123,6 +129,7 @@ class BoundedFedAvg:
             waiting = self._aggregate(server_round, state, replies, mean)
             waiting.extra["round_wall_s"] = time.monotonic() - started
             state = waiting.state
+            self.copies.send(state, waiting.step)
         assert waiting is not None  # rounds >= 1 (RunConfig.validate)
         started = time.monotonic()
         replies = self._phase(grid, FINAL, self.cfg.rounds, state, MessageType.EVALUATE)
@@ -143,15 +150,12 @@ class BoundedFedAvg:
 
     def _messages(self, server_round: int, state: State, node_ids: list[int],
                   message_type: str, sampled: int | None = None) -> list[Message]:
-        record = self._content(server_round, state, sampled or len(node_ids))
-        return [Message(content=record, message_type=message_type, dst_node_id=node)
-                for node in node_ids]
+        self.copies.send(state)  # the model being sent already: nothing changes
+        return [Message(content=self._content(server_round, node, sampled or len(node_ids)),
+                        message_type=message_type, dst_node_id=node) for node in node_ids]
 
-    def _content(self, server_round: int, state: State, sampled: int) -> RecordDict:
-        # One RecordDict for all nodes: the SuperLink stores the arrays once (content ids).
-        return RecordDict({"arrays": to_record(state, self.cfg.wire_dtype),
-                           "config": ConfigRecord({"server-round": server_round,
-                                                   DP_SAMPLED: sampled})})
+    def _content(self, server_round: int, node: int, sampled: int) -> RecordDict:
+        return self.copies.content(node, {"server-round": server_round, DP_SAMPLED: sampled})
 
     def _secure_phase(self, grid: Grid, server_round: int,
                       state: State) -> tuple[list[Message], list[np.ndarray]]:
@@ -168,7 +172,8 @@ class BoundedFedAvg:
         for attempt in range(1, SECURE_ATTEMPTS + 1):
             nodes = self.select_nodes(grid, TRAIN, server_round)
             params = choose_params(len(nodes), self.max_weight, self._clipping_range(len(nodes)))
-            round_ = self._prepared(server_round, nodes, params) or self._secure_round(
+            prepared, self.next_secure = self.next_secure, None
+            round_ = fitting(prepared, str(server_round), nodes, params) or self._secure_round(
                 grid, server_round, nodes, params)
             plan_next = None
             if server_round < self.cfg.rounds and self.cfg.fraction_train >= 1.0:
@@ -176,7 +181,8 @@ class BoundedFedAvg:
                     p = choose_params(len(ahead), bound, self._clipping_range(len(ahead)))
                     return self._secure_round(grid, server_round + 1, ahead, p)
             try:
-                result = round_.run(self._content(server_round, state, len(nodes)), plan_next)
+                result = round_.run(partial(self._content, server_round, sampled=len(nodes)),
+                                    plan_next)
                 break
             except SecureRoundError as exc:
                 self._mark_lost(round_.lost)
@@ -211,23 +217,6 @@ class BoundedFedAvg:
                       params: SecureParams) -> SecureRound:
         return SecureRound(grid, nodes, params, self.cfg.phase_timeout_s, str(server_round),
                            self.cfg.min_nodes, fit_weight=self.cfg.dp_placement == "off")
-
-    def _prepared(self, server_round: int, nodes: list[int],
-                  params: SecureParams) -> SecureRound | None:
-        """The round whose keys were shared on the previous round's messages, if it fits.
-
-        It fits when its keyed nodes are exactly the sampled ones and its clipping range is
-        the one this sample needs; otherwise the round sets up on its own.
-        """
-        prepared, self.next_secure = self.next_secure, None
-        if prepared is None:
-            return None
-        if (prepared.group_id == str(server_round) and prepared.keyed == set(nodes)
-                and prepared.params.clipping_range == params.clipping_range):
-            return prepared
-        log(INFO, "secure round %d: the keys shared ahead were for node(s) %s, the round "
-            "samples %s; setting up on its own", server_round, sorted(prepared.keyed), nodes)
-        return None
 
     def _rejoined(self, phase: str, server_round: int, missing: list[int],
                   need: int) -> list[int]:
@@ -305,6 +294,7 @@ class BoundedFedAvg:
             if since is not None and came is not None and came > since:
                 self.dropped.discard(node)
                 self.dropped_at.pop(node, None)
+                self.copies.held.pop(node, None)  # back with a new SuperNode: no copy
                 log(INFO, "node %s (%s) rejoined; sampling it again", node,
                     self.names.get(node, "?"))
 
@@ -349,6 +339,7 @@ class BoundedFedAvg:
             self.dropped.add(node)
             self.dropped_at[node] = self.sent_at.get(phase, 0.0)
         self.dropped -= answered
+        self.copies.answered(answered, missing)
         self.replied[phase] = sorted(answered)
         self.missed[phase] = missing
         waited = time.monotonic() - self.phase_started
@@ -398,8 +389,9 @@ class BoundedFedAvg:
             delta = weighted_mean(states, weights)
         else:
             delta = {k: np.zeros_like(v) for k, v in sent.items()}
-        delta = self._noised(delta, len(replies))
-        state = {k: (sent[k] + delta[k]).astype(sent[k].dtype) for k in sent}
+        # The step on the wire's grid: held + step on every node is this model, bitwise.
+        step = on_grid(self._noised(delta, len(replies)), self.cfg.wire_dtype)
+        state = add_step(sent, step)
         values = list(stats.values())
         extra = {
             "train_nodes": len(values),
@@ -417,7 +409,7 @@ class BoundedFedAvg:
             **(self.secure_info if mean is not None else {}),
             **self._privacy_figures(len(self.sent.get(TRAIN, [])), len(replies)),
         }
-        return Aggregated(server_round, state, stats, extra)
+        return Aggregated(server_round, state, stats, extra, step)
 
     def _weight(self, msg: Message) -> float:
         """A reply's FedAvg weight: its training examples (1 each with DP: a uniform mean)."""

@@ -1,16 +1,18 @@
 """Model arrays on the wire: sent as the run's ``wire-dtype``, restored to float32 on receipt.
 
 Training and aggregation always run in float32; only the copy in a message is float16 when
-``wire-dtype = float16`` (``fl/app/protocol.py`` declares the bytes). Also the weighted mean the
+``wire-dtype = float16`` (``fl/app/protocol.py`` declares the bytes); then a node that holds
+the last global model gets only the step from it (:class:`Copies`). Also the weighted mean the
 strategy aggregates with. No torch import: the ServerApp and the ClientApp both use it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fl.app.protocol import WIRE_DTYPES
 
@@ -83,3 +85,99 @@ def weighted_mean(states: Sequence[State], weights: Sequence[float]) -> State:
             acc += arr.astype(np.float64) * (float(weight) / total)
         out[name] = acc.astype(first.dtype)
     return out
+
+
+# Config keys of a message's model (``fl/app/strategy.py`` -> ``fl/app/client_app.py``): the
+# digest of the model it carries, and, when it carries only the step from the model a node
+# already holds, that model's digest.
+MODEL_KEY, BASE_KEY = "fedcloud-model", "fedcloud-base"
+
+
+def digest(state: Mapping[str, np.ndarray]) -> str:
+    """A short digest of a model's names, dtypes, shapes and bytes (equal models, equal digest)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, arr in state.items():
+        h.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def on_grid(state: Mapping[str, np.ndarray], wire_dtype: str) -> State:
+    """``state`` as a copy on the wire restores it: float16 sends the result exactly."""
+    return from_record(to_record(state, wire_dtype)) if wire_dtype == "float16" else dict(state)
+
+
+def add_step(base: Mapping[str, np.ndarray], step: Mapping[str, np.ndarray]) -> State:
+    """``base + step`` in each array's dtype: the ServerApp and every node compute it alike."""
+    return {k: (base[k] + step[k]).astype(base[k].dtype) for k in base}
+
+
+class Copies:
+    """What each node holds of the global model, so a float16 run sends only each step.
+
+    Both sides keep the global model exactly: each round's step is put on float16's grid
+    (:func:`on_grid`) before the ServerApp adds it, so ``held + step`` on a node is bitwise the
+    ServerApp's model (checked by its digest). A node that holds no copy (a run's first
+    round, a resumed run, a node lost and back) gets the whole model: in float16 if that is
+    exact (a fresh run starts from a model on the grid), else in float32. float32 runs always
+    send the whole model.
+
+    Args:
+        wire_dtype: The run's ``wire-dtype``.
+    """
+
+    def __init__(self, wire_dtype: str) -> None:
+        self.wire_dtype = wire_dtype
+        self.held: dict[int, str] = {}
+        self.model: State = {}
+        self.digest = self.base = ""
+        self.exact = False
+        self._step: State | None = None
+        self._records: dict[str, ArrayRecord] = {}
+        self._contents: dict[tuple[str, tuple[tuple[str, int | str], ...]], RecordDict] = {}
+
+    def send(self, model: State, step: State | None = None, exact: bool = False) -> None:
+        """The next messages carry ``model``; ``step``: ``model`` minus the last one sent.
+
+        ``exact``: ``model`` is on the wire grid (a copy in ``wire_dtype`` restores it).
+        """
+        if model is self.model:
+            return
+        self.base = self.digest if step is not None else ""
+        self.model, self._step, self.exact, self._records = model, step, exact, {}
+        self._contents = {}
+        self.digest = digest(model) if self.wire_dtype == "float16" else ""
+
+    def content(self, node: int, config: Mapping[str, int | str]) -> RecordDict:
+        """The message content for ``node``: its arrays and ``config`` plus what it holds.
+
+        Nodes sent the same arrays get one RecordDict: the SuperLink stores it once.
+        """
+        if self.wire_dtype != "float16":
+            kind, held = "model", {}
+        elif self._step is not None and self.base and self.held.get(node) == self.base:
+            kind, held = "step", {MODEL_KEY: self.digest, BASE_KEY: self.base}
+        else:
+            kind, held = "model", {MODEL_KEY: self.digest}
+        key = (kind, tuple(sorted(config.items())))
+        if key not in self._contents:
+            self._contents[key] = RecordDict({"arrays": self._record(kind), "config":
+                                              ConfigRecord({**config, **held})})
+        return self._contents[key]
+
+    def answered(self, nodes: Iterable[int], missed: Iterable[int] = ()) -> None:
+        """Nodes that answered a message carrying the model hold it; those missed, unknown."""
+        for node in nodes:
+            self.held[node] = self.digest
+        for node in missed:
+            self.held.pop(node, None)
+
+    def _record(self, kind: str) -> ArrayRecord:
+        if kind not in self._records:
+            if kind == "step" and self._step is not None:
+                self._records[kind] = to_record(self._step, "float16")
+            elif self.wire_dtype == "float16" and not self.exact:
+                self._records[kind] = to_record(self.model, "float32")
+            else:
+                self._records[kind] = to_record(self.model, self.wire_dtype)
+        return self._records[kind]

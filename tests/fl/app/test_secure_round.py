@@ -24,6 +24,7 @@ from fl.app.records import RoundRecord
 from fl.app.runconfig import RunConfig
 from fl.app.secure import choose_params
 from fl.app.strategy import BoundedFedAvg, NodesLostError
+from fl.app.wire import on_grid
 from tests.fl.app.inprocess import InProcessGrid
 
 
@@ -60,7 +61,9 @@ def _initial(cfg: RunConfig) -> dict[str, np.ndarray]:
 
     torch.manual_seed(cfg.seed)
     model = task.build_model(cfg.model_spec())
-    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    # What a fresh run starts from: the model on float16's grid (fl/app/strategy.py).
+    return on_grid({k: v.detach().numpy().copy() for k, v in model.state_dict().items()},
+                   "float16")
 
 
 def _run(cfg: RunConfig, data: list[Path], tmp: Path,
