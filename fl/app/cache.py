@@ -5,7 +5,7 @@ past a round. The decoded uint8 split is saved once per (model, data files, spli
 under ``<cache-dir>/`` (node config ``cache-dir``, else ``$XDG_CACHE_HOME/fedcloud/data`` or
 ``~/.cache/fedcloud/data``), mode 0600, and found again by a key over the source files' names,
 sizes and modification times: a changed file is a new key. Also each node's copy of the last
-global model a float16 run sent it (``<cache-dir>/../models/``). The cache never leaves the VM.
+global model a float16 run sent it (``<cache-dir>/models/``). The cache never leaves the VM.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from fl.app.data import Split, load_raw, scaled, source_files
 
 CACHE_ENV = "XDG_CACHE_HOME"
 HELD_STALE_S = 6 * 3600.0  # a held model copy no round has touched for this long is dropped
+HELD_RUN_IDLE_S = 600.0  # ... or this long, when the same node has moved on to another run
 FORMAT = 1
 
 
@@ -86,24 +87,30 @@ def load_split_cached(model: str, data_dir: Path, split: str, image_size: int,
 
 
 def held_path(root: Path | None, run_id: int, node_id: int) -> Path:
-    """Where a node keeps its copy of a run's last global model (``fl.app.wire.Copies``)."""
-    return (root or default_root()).parent / "models" / f"run-{run_id}-node-{node_id}.npz"
+    """Where a node keeps its copy of a run's last global model (``fl.app.wire.Copies``).
+
+    ``<cache-dir>/models/``, or ``models/`` beside the default data cache.
+    """
+    base = root / "models" if root is not None else default_root().parent / "models"
+    return base / f"run-{run_id}-node-{node_id}.npz"
 
 
 def save_held(path: Path, state: dict[str, np.ndarray], digest: str) -> None:
     """Keep ``state`` (atomically, mode 0600) and drop copies no longer needed.
 
-    Dropped: this node's copies of other runs, and any copy unused for :data:`HELD_STALE_S`
-    (node ids change with each registration). On disk rather than in the node's Flower run
+    Dropped: this node's copies of other runs unused for :data:`HELD_RUN_IDLE_S` (two runs
+    may share a SuperNode), and any copy unused for :data:`HELD_STALE_S` (node ids change
+    with each registration). On disk rather than in the node's Flower run
     state, which travels between the SuperNode and the ClientApp process with every message.
     """
     node = path.name.rsplit("-node-", 1)[-1]
-    stale = time.time() - HELD_STALE_S
+    now = time.time()
     if path.parent.is_dir():
         for old in path.parent.glob("run-*-node-*.npz"):
-            with contextlib.suppress(OSError):  # this node's older runs, or anyone's idle ones
-                if old != path and (old.name.endswith(f"-node-{node}")
-                                    or old.stat().st_mtime < stale):
+            with contextlib.suppress(OSError):  # this node's idle runs, or anyone's long idle
+                idle = now - old.stat().st_mtime
+                if old != path and (idle > HELD_STALE_S or (
+                        old.name.endswith(f"-node-{node}") and idle > HELD_RUN_IDLE_S)):
                     old.unlink()
     _save_arrays(path, {**{f"a:{k}": v for k, v in state.items()},
                         "digest": np.array(digest)})

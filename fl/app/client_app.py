@@ -187,17 +187,26 @@ def received_model(msg: Message, context: Context) -> State:
     cache = str(context.node_config.get(NODE_CACHE_DIR, "") or "")
     path = held_path(Path(cache) if cache else None, context.run_id, context.node_id)
     if base:
+        done = load_held(path, want)  # the same message again (a round run again, a re-send)
+        if done is not None:
+            return done
         held = load_held(path, base)
         if held is None:
             raise AppError("this participant holds no copy of the model the ServerApp's step "
                            "starts from (its copy was removed during the run?).",
-                           "the ServerApp sends the whole model next time; nothing to do.")
+                           "nothing to do: the ServerApp sends it the whole model the next "
+                           "time it samples it.")
         arrays = add_step(held, arrays)
     if digest(arrays) != want:
         raise AppError("the global model rebuilt on this participant differs from the "
                        "ServerApp's (its digest does not match).",
                        "run the same fedcloud app on the ServerApp and every participant.")
-    save_held(path, arrays, want)
+    try:
+        save_held(path, arrays, want)
+    except OSError as exc:
+        raise AppError(f"this participant cannot keep its copy of the global model in "
+                       f"{path.parent}: {exc}.", "make that directory writable (node config "
+                       "cache-dir) or train with training.wireDtype float32.") from None
     return arrays
 
 

@@ -53,6 +53,10 @@ class SecureRoundError(RuntimeError):
     """Too few participants are left to finish the secure round (below the threshold)."""
 
 
+class BoundNotTaken(RuntimeError):
+    """A participant's ClientApp did not take the weight bound (another app version)."""
+
+
 @dataclass(frozen=True)
 class SecureParams:
     """The SecAgg+ parameters of one round (chosen by :func:`choose_params`).
@@ -191,6 +195,7 @@ class SecureRound:
         self.fwd: dict[int, tuple[list[int], list[bytes]]] = {}
         self.active_after_collect: set[int] = set()
         self.keys_ahead = False
+        self.keyed_at = 0.0
 
     @property
     def ready(self) -> bool:
@@ -296,6 +301,7 @@ class SecureRound:
         self._check(Stage.SETUP, self.active)
 
     def _share_keys_contents(self) -> dict[int, RecordDict]:
+        self.keyed_at = time.time()  # a node (re)activated after this lost its keys
         contents = {}
         for nid in sorted(self.active):
             known = self.neighbours[nid] & self.active
@@ -310,12 +316,12 @@ class SecureRound:
         """Route the encrypted shares to their destinations; every node took the bound.
 
         Raises:
-            RuntimeError: A node's ClientApp did not take the weight bound (another version).
+            BoundNotTaken: A node's ClientApp did not take the weight bound.
         """
         self.fwd = {n: ([], []) for n in self.active}
         for src, res in answers.items():
             if res.get(BOUND_KEY) != float(self.params.max_weight):
-                raise RuntimeError(
+                raise BoundNotTaken(
                     f"secure round {self.group_id}: node {src} did not take the weight bound "
                     f"{self.params.max_weight:g}; run the same fedcloud app on every "
                     "participant")
@@ -411,19 +417,25 @@ class SecureRound:
 
 
 def fitting(prepared: SecureRound | None, group_id: str, nodes: Sequence[int],
-            params: SecureParams) -> SecureRound | None:
+            params: SecureParams, activated: Mapping[int, float | None]) -> SecureRound | None:
     """``prepared`` (keys shared on the previous round's messages) if round ``group_id`` can use it.
 
-    It can when its keyed nodes are exactly the sampled ``nodes`` and its clipping range is
-    the one ``params`` need; otherwise the round sets up on its own (``None``).
+    It can when its keyed nodes are exactly the sampled ``nodes``, none has (re)activated
+    since its keys were shared (``activated``: node -> epoch seconds, a restarted SuperNode
+    lost them), and its clipping range is the one ``params`` need; otherwise the round sets
+    up on its own (``None``). Who it lost on the way was lost in the previous round.
     """
     if prepared is None:
         return None
-    if (prepared.group_id == group_id and prepared.keyed == set(nodes)
+    restarted = [n for n in sorted(prepared.keyed)
+                 if (activated.get(n) or 0.0) > prepared.keyed_at]
+    if (prepared.group_id == group_id and prepared.keyed == set(nodes) and not restarted
             and prepared.params.clipping_range == params.clipping_range):
+        prepared.lost = {}
         return prepared
-    log(INFO, "secure round %s: the keys shared ahead were for node(s) %s, the round samples "
-        "%s; setting up on its own", group_id, sorted(prepared.keyed), sorted(nodes))
+    log(INFO, "secure round %s: the keys shared ahead were for node(s) %s (restarted since: "
+        "%s), the round samples %s; setting up on its own", group_id, sorted(prepared.keyed),
+        restarted, sorted(nodes))
     return None
 
 
@@ -446,7 +458,7 @@ def _feed(ahead: SecureRound | None, stage: str, asked: set[int], replies: list[
     ahead._answered(stage, asked, set(answers), ", on the previous round's messages")
     try:
         take(ahead, answers)
-    except SecureRoundError as exc:
+    except (SecureRoundError, BoundNotTaken) as exc:
         log(WARNING, "%s; round %s will set up its keys on its own", exc, ahead.group_id)
         return None
     return ahead

@@ -169,12 +169,13 @@ class BoundedFedAvg:
             NodesLostError: Still too few participants after :data:`SECURE_ATTEMPTS`.
             RuntimeError: A reply's weight exceeds the bound its setup stated.
         """
+        self.copies.send(state)  # what the collect stage carries (already: nothing changes)
         for attempt in range(1, SECURE_ATTEMPTS + 1):
             nodes = self.select_nodes(grid, TRAIN, server_round)
             params = choose_params(len(nodes), self.max_weight, self._clipping_range(len(nodes)))
             prepared, self.next_secure = self.next_secure, None
-            round_ = fitting(prepared, str(server_round), nodes, params) or self._secure_round(
-                grid, server_round, nodes, params)
+            round_ = fitting(prepared, str(server_round), nodes, params, online_nodes(grid)
+                             ) or self._secure_round(grid, server_round, nodes, params)
             plan_next = None
             if server_round < self.cfg.rounds and self.cfg.fraction_train >= 1.0:
                 def plan_next(ahead: list[int], bound: float) -> SecureRound:
@@ -312,6 +313,7 @@ class BoundedFedAvg:
             return []
         state, sent_round, message_type = self.phase_args[phase]
         log(INFO, "%s round %s: re-sending to rejoined node(s) %s", phase, server_round, back)
+        self.copies.answered((), missed=back)  # back with a new SuperNode: the whole model
         replies = exchange(self.grid, self._messages(sent_round, state, back, message_type,
                                                      len(self.sent.get(phase, back))),
                            self.cfg.phase_timeout_s)

@@ -21,6 +21,9 @@ TRAIN_DTYPE = np.float32
 # A float16 array's largest magnitude on the wire (float16 reaches 65504; normal from 6.1e-5).
 F16_PEAK = 2.0**14
 SCALE_SUFFIX = "@scale"
+# Below this peak an array travels unscaled, as zeros (a smaller scale would be subnormal in
+# float32, and a copy of the copy would not be the same).
+F16_LEAST_PEAK = 1e-30
 
 
 def to_record(state: Mapping[str, np.ndarray], wire_dtype: str) -> ArrayRecord:
@@ -36,7 +39,7 @@ def to_record(state: Mapping[str, np.ndarray], wire_dtype: str) -> ArrayRecord:
     for name, arr in state.items():
         if np.issubdtype(arr.dtype, np.floating) and wire_dtype == "float16":
             peak = float(np.abs(arr).max()) if arr.size else 0.0
-            scale = np.float32(peak / F16_PEAK if peak > 0 and np.isfinite(peak) else 1.0)
+            scale = np.float32(peak / F16_PEAK if F16_LEAST_PEAK < peak < np.inf else 1.0)
             record[name + SCALE_SUFFIX] = Array.from_numpy_ndarray(np.asarray(scale))
             arr = (arr.astype(np.float32) / scale).astype(np.float16)
         elif np.issubdtype(arr.dtype, np.floating):

@@ -22,7 +22,7 @@ from fl.app import privacy, task
 from fl.app.protocol import AHEAD_RECORD, traffic
 from fl.app.records import RoundRecord
 from fl.app.runconfig import RunConfig
-from fl.app.secure import choose_params
+from fl.app.secure import SecureRound, choose_params, fitting
 from fl.app.strategy import BoundedFedAvg, NodesLostError
 from fl.app.wire import on_grid
 from tests.fl.app.inprocess import InProcessGrid
@@ -152,22 +152,13 @@ def _stage_of(msg: Any) -> str | None:
     return None if configs is None else str(configs.get(Key.STAGE))
 
 
-def _per_round_plain(cfg: RunConfig, data: list[Path], tmp: Path,
-                     rounds: int) -> list[dict[str, np.ndarray]]:
-    """Plain FedAvg's global model after each round 1..``rounds`` (same seed, same data)."""
-    out = []
-    for r in range(1, rounds + 1):
-        out.append(_run(replace(cfg, secure_aggregation=False, rounds=r), data, tmp)[3])
-    return out
-
-
 def test_later_rounds_share_their_keys_on_the_previous_rounds_messages(
         data: list[Path], tmp_path: Path) -> None:
     cfg = _cfg(rounds=3)
-    plain = _per_round_plain(cfg, data, tmp_path, 3)
+    plain = _run(replace(cfg, secure_aggregation=False), data, tmp_path)[3]
     grid, store, _, secure = _run(cfg, data, tmp_path)
-    scale = max(float(np.abs(v).max()) for v in plain[-1].values())
-    assert max(float(np.abs(secure[k] - plain[-1][k]).max()) for k in secure) <= 1e-4 * scale
+    scale = max(float(np.abs(v).max()) for v in plain.values())
+    assert max(float(np.abs(secure[k] - plain[k]).max()) for k in secure) <= 1e-4 * scale
     assert [r.extra["phases"] for r in store.rounds] == [4, 2, 2]
     assert [r.extra["secagg_keys"] for r in store.rounds] == ["own stages", "ahead", "ahead"]
     assert [sorted(r.extra["secagg_stage_s"]) for r in store.rounds][1:] == [
@@ -191,16 +182,50 @@ def test_a_participant_lost_while_sharing_the_next_rounds_keys_is_left_out_of_it
     # Node 3 sends round 1's masked vector (and round 2's public keys), then is lost: round 1
     # still sums all three; round 2 goes on with the keys the other two shared.
     cfg = _cfg(rounds=2)
-    plain = _run(replace(cfg, secure_aggregation=False), data[:2], tmp_path)[3]
-    plain_first = _run(replace(cfg, secure_aggregation=False, rounds=1), data, tmp_path)[3]
+    first = _run(replace(cfg, secure_aggregation=False, rounds=1), data, tmp_path)[3]
+    # Plain FedAvg of round 2 over the two, from round 1's three-participant model.
+    plain_cfg = replace(cfg, secure_aggregation=False)
+    plain = BoundedFedAvg(plain_cfg, _Store()).run(  # type: ignore[arg-type]
+        InProcessGrid(plain_cfg, data[:2], tmp_path / "c2"), first, first_round=2)
     _, store, _, secure = _run(cfg, data, tmp_path, die_after={3: Stage.COLLECT_MASKED_VECTORS})
-    first, second = store.rounds
-    assert first.extra["secagg_lost"] == {"3": Stage.UNMASK}
-    assert first.extra["contributors"] == ["p1", "p2", "p3"]
-    assert (second.extra["secagg_keys"], second.extra["phases"]) == ("ahead", 2)
-    assert second.extra["contributors"] == ["p1", "p2"]
-    assert plain_first is not None and plain is not None
-    assert all(np.isfinite(v).all() for v in secure.values())
+    one, two = store.rounds
+    assert one.extra["secagg_lost"] == {"3": Stage.UNMASK}
+    assert one.extra["contributors"] == ["p1", "p2", "p3"]
+    assert (two.extra["secagg_keys"], two.extra["phases"]) == ("ahead", 2)
+    assert two.extra["contributors"] == ["p1", "p2"] and two.extra["secagg_lost"] == {}
+    scale = max(float(np.abs(v).max()) for v in plain.values())
+    assert max(float(np.abs(secure[k] - plain[k]).max()) for k in plain) <= 1e-4 * scale
+
+
+def test_float16_secure_rounds_send_each_step_and_match_float32(
+        data: list[Path], tmp_path: Path) -> None:
+    from fl.app.wire import BASE_KEY
+
+    cfg = _cfg(rounds=3)
+    f32 = _run(cfg, data, tmp_path)[3]
+    grid, store, _, f16 = _run(replace(cfg, wire_dtype="float16"), data, tmp_path)
+    assert [r.extra["phases"] for r in store.rounds] == [4, 2, 2]
+    collects = [m for m in grid.sent if _stage_of(m) == Stage.COLLECT_MASKED_VECTORS]
+    steps = [BASE_KEY in m.content.config_records["config"] for m in collects]
+    assert steps == [False] * 3 + [True] * 6  # the whole (exact) start, then steps only
+    assert all(a.dtype == "float16" for m in collects
+               for k, a in m.content.array_records["arrays"].items() if "@" not in k
+               and a.dtype != "int64")
+    scale = max(float(np.abs(v).max()) for v in f32.values())
+    assert max(float(np.abs(f16[k] - f32[k]).max()) for k in f32) <= 1e-3 * scale
+
+
+def test_keys_shared_ahead_are_used_only_by_the_same_unrestarted_nodes() -> None:
+    params = choose_params(3)
+    prepared = SecureRound(None, [1, 2, 3], params, 5.0, "2")  # type: ignore[arg-type]
+    prepared.keyed, prepared.keyed_at, prepared.lost = {1, 2, 3}, 100.0, {4: Stage.SHARE_KEYS}
+    before = {1: 50.0, 2: 60.0, 3: None}
+    assert fitting(prepared, "2", [1, 2, 3], params, before) is prepared
+    assert prepared.lost == {}  # node 4 was lost in round 1, not in this one
+    assert fitting(prepared, "2", [1, 2, 3], params, {**before, 3: 150.0}) is None  # restarted
+    assert fitting(prepared, "2", [1, 2], params, before) is None  # another sample
+    assert fitting(prepared, "3", [1, 2, 3], params, before) is None
+    assert fitting(None, "2", [1, 2, 3], params, before) is None
 
 
 def test_a_next_round_whose_keys_failed_ahead_sets_up_on_its_own(

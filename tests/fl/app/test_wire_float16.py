@@ -97,7 +97,10 @@ def test_a_node_holding_the_last_model_gets_only_the_step_and_rebuilds_it_bitwis
     assert arrays["w"].dtype == "float16"
     rebuilt = received_model(_message(arrays, held), node)
     assert all(np.array_equal(rebuilt[k], second[k]) for k in second)
-    kept = list((tmp_path / "node" / "models").iterdir())  # one copy: the newest model's
+    # The same message again (a secure round run again, a re-send): the model it already made.
+    again = received_model(_message(arrays, held), node)
+    assert all(np.array_equal(again[k], second[k]) for k in second)
+    kept = list((tmp_path / "node" / "data" / "models").iterdir())  # one: the newest model's
     assert [p.name for p in kept] == ["run-1-node-1.npz"] and kept[0].stat().st_mode & 0o077 == 0
     # Node 2 missed the last message and node 3 never had one: the whole model, in float32
     # (the sum is off float16's grid).
@@ -111,6 +114,12 @@ def test_a_node_holding_the_last_model_gets_only_the_step_and_rebuilds_it_bitwis
                             "w": Array.from_numpy_ndarray(np.zeros((64, 8), np.float16))})
     with pytest.raises(AppError, match="digest does not match"):
         received_model(_message(tampered, held), fresh)
+
+
+def test_arrays_too_small_for_a_float32_scale_travel_as_zeros() -> None:
+    tiny = {"w": np.full(4, 1e-34, np.float32), "z": np.zeros(3, np.float32)}
+    once = on_grid(tiny, "float16")
+    assert not once["w"].any() and digest(on_grid(once, "float16")) == digest(once)
 
 
 def test_float32_runs_send_the_whole_model_and_keep_no_copy(tmp_path: Path) -> None:
