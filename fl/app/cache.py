@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -116,12 +117,13 @@ def save_held(path: Path, state: dict[str, np.ndarray], digest: str) -> None:
                         "digest": np.array(digest)})
 
 
-def load_held(path: Path, digest: str) -> dict[str, np.ndarray] | None:
-    """The copy kept at ``path`` if it is the model ``digest`` names, else ``None``."""
+def load_held(path: Path, digests: Collection[str]) -> tuple[str, dict[str, np.ndarray]] | None:
+    """The copy kept at ``path`` and its digest if that is one of ``digests``, else ``None``."""
     try:
         with np.load(path, allow_pickle=False) as doc:
-            if str(doc["digest"]) != digest:
+            kept = str(doc["digest"])
+            if kept not in digests:
                 return None
-            return {k[2:]: np.array(doc[k]) for k in doc.files if k.startswith("a:")}
+            return kept, {k[2:]: np.array(doc[k]) for k in doc.files if k.startswith("a:")}
     except (OSError, ValueError, KeyError):
         return None

@@ -187,16 +187,15 @@ def received_model(msg: Message, context: Context) -> State:
     cache = str(context.node_config.get(NODE_CACHE_DIR, "") or "")
     path = held_path(Path(cache) if cache else None, context.run_id, context.node_id)
     if base:
-        done = load_held(path, want)  # the same message again (a round run again, a re-send)
-        if done is not None:
-            return done
-        held = load_held(path, base)
-        if held is None:
+        found = load_held(path, (want, base))
+        if found is not None and found[0] == want:  # the same message again (a round run again)
+            return found[1]
+        if found is None:
             raise AppError("this participant holds no copy of the model the ServerApp's step "
                            "starts from (its copy was removed during the run?).",
                            "nothing to do: the ServerApp sends it the whole model the next "
                            "time it samples it.")
-        arrays = add_step(held, arrays)
+        arrays = add_step(found[1], arrays)
     if digest(arrays) != want:
         raise AppError("the global model rebuilt on this participant differs from the "
                        "ServerApp's (its digest does not match).",
